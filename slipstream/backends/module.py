@@ -1,0 +1,70 @@
+"""The `module` backend: the user's own model, with each unit's forward captured and rewritten in place.
+
+Same object, same forward signature and outputs, same state_dict keys and Parameter objects, so `generate()`,
+`save_pretrained()`, peft, HF Trainer and gradient checkpointing keep working. `restore()` undoes it.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import nn
+from torch.fx import GraphModule
+
+from .. import kernels  # noqa: F401  (registers the slipstream:: ops the rewritten graphs call)
+from ..debug.report import PassRecord, Report
+from ..frontend import capture
+from ..frontend.units import find_units
+from ..passes import PassManager, Pipeline
+
+REPORT_ATTR = "_slipstream_report"
+
+
+def attach(model: nn.Module, pipeline: Pipeline, version: str) -> Report:
+    units = find_units(model)
+    report = Report(pipeline=str(pipeline), version=version, units=[u for u, _ in units])
+    manager, lock = PassManager(pipeline), threading.Lock()
+    report.passes = {p.name: PassRecord(p.name, p.summary) for p in manager.passes}
+
+    def on_graph(unit: str, gm: GraphModule) -> None:
+        with lock:
+            report.record(unit, manager.run(gm))
+
+    capture.set_recompile_budget(len(units))
+    for path, module in units:
+        capture.install(path, module, on_graph)
+    object.__setattr__(model, REPORT_ATTR, report)
+    return report
+
+
+def detach(model: nn.Module) -> int:
+    restored = sum(capture.uninstall(m) for m in model.modules())
+    if REPORT_ATTR in model.__dict__:
+        object.__delattr__(model, REPORT_ATTR)
+    return restored
+
+
+def report_of(model: nn.Module) -> Report:
+    report = getattr(model, REPORT_ATTR, None)
+    if report is None:
+        for m in model.modules():  # a wrapper around an optimized model (e.g. DDP) still explains
+            report = m.__dict__.get(REPORT_ATTR)
+            if report is not None:
+                break
+    if report is None:
+        raise ValueError(f"{type(model).__name__} was not optimized by slipstream; call slipstream.optimize(model)")
+    return report
+
+
+def warm_up(model: nn.Module, example_inputs: dict | None) -> None:
+    """One forward so graphs are captured (and errors surface) inside optimize(), not at the first real call.
+    RNG state is preserved: warming up must not shift the user's dropout masks or sampling."""
+    if example_inputs is None:
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        if not vocab:
+            return
+        device = next(model.parameters()).device
+        gen = torch.Generator().manual_seed(0)
+        example_inputs = {"input_ids": torch.randint(0, vocab, (2, 8), generator=gen).to(device), "use_cache": False}
+    with torch.random.fork_rng(), torch.no_grad():
+        model(**example_inputs)

@@ -1,0 +1,46 @@
+"""Which parts of a model are captured as graphs ("units"), found by structure, never by class name.
+
+A unit is the largest piece that still works with `generate()`: each layer of a stack of repeated layers (an
+`nn.ModuleList` of modules of one class), plus the stack's siblings that hold parameters (final norm,
+embeddings). The KV-cache update stays inside a layer's Python, which dynamo replays as a side effect, so a
+rewritten region never spans it. A model with no layer stack is one unit.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+
+def _has_params(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+def _layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    stacks = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(m) for m in module}) == 1 and _has_params(module[0]):
+            if not any(name.startswith(s + ".") for s, _ in stacks):
+                stacks.append((name, module))
+    return stacks
+
+
+def find_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(dotted path, module) of every unit, in model order; paths are as in `model.named_modules()`."""
+    stacks = _layer_stacks(model)
+    if not stacks:
+        return [("", model)]
+    units: list[tuple[str, nn.Module]] = []
+    stack_ids = {id(s) for _, s in stacks}
+    for stack_name, stack in stacks:
+        units.extend((f"{stack_name}.{i}", layer) for i, layer in enumerate(stack))
+        parent_name = stack_name.rpartition(".")[0]
+        parent = model.get_submodule(parent_name)
+        for child_name, child in parent.named_children():
+            if id(child) in stack_ids or isinstance(child, (nn.ModuleList, nn.ModuleDict)) or not _has_params(child):
+                continue
+            if any(id(m) in stack_ids for m in child.modules()):
+                continue  # it contains a layer stack itself: its parts are units already
+            units.append((f"{parent_name}.{child_name}" if parent_name else child_name, child))
+    seen: set[int] = set()
+    return [(n, m) for n, m in units if not (id(m) in seen or seen.add(id(m)))]

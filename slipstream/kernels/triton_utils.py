@@ -1,0 +1,50 @@
+"""Launch helpers shared by the `triton_*.py` kernel modules (imports Triton: only import it from those)."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+
+from slipstream.kernels.dispatch import check_launchable
+
+# Largest row a one-row-per-program kernel keeps in registers (fp32 elements).
+MAX_ROW_BLOCK = 65536
+
+
+def row_block(n: int, op: str) -> int:
+    block = triton.next_power_of_2(max(n, 1))
+    if block > MAX_ROW_BLOCK:
+        raise ValueError(f"{op}: the Triton kernel keeps a row in registers; last dim {n} > {MAX_ROW_BLOCK}")
+    return block
+
+
+def row_warps(block: int) -> int:
+    """More warps for wider rows, so each thread holds a bounded number of elements."""
+    if block >= 32768:
+        return 32
+    if block >= 8192:
+        return 16
+    if block >= 2048:
+        return 8
+    return 4
+
+
+def persistent_programs(t: torch.Tensor, work: int) -> int:
+    """Programs for a grid-stride kernel: one per SM on GPU; a few on CPU (the interpreter runs them serially)."""
+    if t.device.type == "cuda":
+        return max(1, min(work, torch.cuda.get_device_properties(t.device).multi_processor_count))
+    return max(1, min(work, 4))
+
+
+def launch_guard(kernel: object, t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Make `t`'s GPU current for the launch (Triton launches on the current device)."""
+    check_launchable(kernel, t)
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """View `t` as [rows, last] with a unit last-dim stride; copies only when no such view exists."""
+    if t.dim() == 0 or t.stride(-1) != 1:
+        t = t.contiguous()
+    return t.reshape(-1, t.shape[-1]) if t.dim() != 2 else t

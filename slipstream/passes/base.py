@@ -1,0 +1,170 @@
+"""Pass and Rule: the unit of rewriting.
+
+A Rule is data: a pattern, a `check` that returns None (go) or a reason string (refuse), and a `replace` that
+emits the canonical-op call. A Pass is a named list of rules plus frozen options; `run(graph)` is a pure
+function of (graph, options) -> stats, mutating only the nodes it matched.
+"""
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from torch.fx import Graph, Node
+
+from .ops import module_path, view
+from .pattern import Match, Pattern, match, outside_users
+
+SUPPORTED_DTYPES_TEXT = "float32, float16, bfloat16"
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    pattern: Pattern
+    replace: Callable[[Graph, Match], Any]      # emits new nodes; returns the value replacing the root
+    check: Callable[[Match], str | None] = lambda m: None
+
+
+@dataclass
+class Rejection:
+    rule: str
+    path: str
+    reason: str
+
+
+@dataclass
+class PassStats:
+    name: str
+    matches: list[tuple[str, str]] = field(default_factory=list)      # (rule, module path)
+    rejections: list[Rejection] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.matches)
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """Options every pass takes: which module paths it may touch (fnmatch globs, `|`-separated)."""
+    include: str = "*"
+    exclude: str = ""
+
+
+def path_selected(path: str, options: PassOptions) -> bool:
+    def hit(globs: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, g) for g in globs.split("|") if g)
+    return hit(options.include) and not hit(options.exclude)
+
+
+class Pass:
+    """Subclasses set `name`, `Options`, `anchors` (op names, one of which every match contains) and `rules()`."""
+    name: ClassVar[str]
+    Options: ClassVar[type] = PassOptions
+    anchors: ClassVar[tuple[str, ...]]
+    summary: ClassVar[str] = ""
+
+    def __init__(self, options: Any = None):
+        self.options = options if options is not None else self.Options()
+
+    def rules(self) -> list[Rule]:
+        raise NotImplementedError
+
+    def run(self, graph: Graph) -> PassStats:
+        stats = PassStats(self.name)
+        start = time.perf_counter()
+        found = self.find(graph, stats)
+        self.apply(graph, found, stats)
+        stats.seconds = time.perf_counter() - start
+        return stats
+
+    # -- matching ---------------------------------------------------------------------------------------------
+    def find(self, graph: Graph, stats: PassStats) -> list[tuple[Rule, Match]]:
+        """All accepted matches, non-overlapping; refusals go to stats. Roots are tried from the graph's end, so
+        the largest form of a pattern wins (partial RoPE's `cat` before the `add` inside it)."""
+        if not any(_is(n, self.anchors) for n in graph.nodes):
+            return []
+        rules, taken, found, refused_anchors = self.rules(), set(), [], set()
+        for node in reversed(list(graph.nodes)):
+            for rule in rules:
+                m = match(rule.pattern, node)
+                if m is None or taken.intersection(m.nodes):
+                    continue
+                reason = self.refusal(rule, m)
+                anchors = [n for n in m.nodes if _is(n, self.anchors)]
+                if reason is not None:
+                    if not refused_anchors.intersection(anchors):
+                        stats.rejections.append(Rejection(rule.name, module_path(node), reason))
+                    refused_anchors.update(anchors)
+                    continue
+                taken.update(m.nodes)
+                found.append((rule, m))
+                break
+        self.report_unmatched(graph, taken | refused_anchors, stats)
+        found.reverse()
+        return found
+
+    def refusal(self, rule: Rule, m: Match) -> str | None:
+        path = module_path(m.root)
+        if not path_selected(path, self.options):
+            return f"module path '{path}' excluded by the include/exclude options"
+        leaked = outside_users(m)
+        if leaked:
+            users = ", ".join(sorted({u.name for n in leaked for u in n.users if u not in m.nodes}))
+            return f"intermediate '{leaked[0].name}' is also used outside the pattern (by {users})"
+        return rule.check(m)
+
+    def report_unmatched(self, graph: Graph, covered: set, stats: PassStats) -> None:
+        for node in graph.nodes:
+            if _is(node, self.anchors) and node not in covered:
+                stats.rejections.append(Rejection(
+                    "-", module_path(node), f"'{view(node).name}' node '{node.name}' fits none of this pass's rules"))
+
+    # -- rewriting --------------------------------------------------------------------------------------------
+    def apply(self, graph: Graph, found: list[tuple[Rule, Match]], stats: PassStats) -> None:
+        for rule, m in found:
+            anchor = m.root.prev
+            with graph.inserting_before(m.root):
+                new = rule.replace(graph, m)
+            tag_new_nodes(anchor, m.root, f"{self.name}:{rule.name}", module_path(m.root))
+            replace_root(m, new)
+            erase_matched(graph, m.nodes)
+            stats.matches.append((rule.name, module_path(m.root)))
+
+
+def _is(node: Node, op_names: tuple[str, ...]) -> bool:
+    v = view(node)
+    return v is not None and v.name in op_names
+
+
+def replace_root(m: Match, new: Node) -> None:
+    """Point every user of the match's root at `new`, carrying the root's metadata over."""
+    for key in ("val", "example_value", "nn_module_stack", "slipstream_path", "stack_trace"):
+        if key in m.root.meta and key not in new.meta:
+            new.meta[key] = m.root.meta[key]
+    m.root.replace_all_uses_with(new)
+
+
+def erase_matched(graph: Graph, nodes: list[Node]) -> None:
+    """Erase matched nodes that became dead, users first. Never a blanket dead-code elimination: graphs can hold
+    side-effecting nodes (KV-cache writes) that have no users."""
+    pending = list(nodes)
+    progress = True
+    while pending and progress:
+        progress = False
+        for n in list(pending):
+            if not n.users:
+                graph.erase_node(n)
+                pending.remove(n)
+                progress = True
+
+
+def tag_new_nodes(after: Node, until: Node, creator: str, path: str) -> None:
+    """Record which pass and rule created the nodes inserted between `after` and `until` (for the graph diff)."""
+    n = after.next
+    while n is not until:
+        n.meta.setdefault("slipstream_created_by", creator)
+        n.meta.setdefault("slipstream_path", path)
+        n = n.next

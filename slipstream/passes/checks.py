@@ -1,0 +1,44 @@
+"""Small reusable checks. Each returns None (fine) or a reason string that ends up in explain()."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.fx import Node
+
+from .ops import tensor_meta
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def dtype_supported(value: Any, op: str) -> str | None:
+    t = tensor_meta(value)
+    if t is None:
+        return f"input of slipstream::{op} has no recorded tensor metadata"
+    if t.dtype not in SUPPORTED_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
+        return f"dtype {str(t.dtype).removeprefix('torch.')} is not supported by slipstream::{op} (supported: {names})"
+    return None
+
+
+def same_size(a: Any, b: Any) -> bool:
+    """Size equality without adding guards: symbolic sizes compare by their expression."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    return str(a) == str(b)
+
+
+def same_shape(a: Any, b: Any) -> bool:
+    ta, tb = tensor_meta(a), tensor_meta(b)
+    if ta is None or tb is None or ta.dim() != tb.dim():
+        return False
+    return all(same_size(x, y) for x, y in zip(ta.shape, tb.shape))
+
+
+def is_leaf_tensor(value: Any) -> bool:
+    """A graph input or attribute (a parameter or buffer), not something computed in the graph."""
+    return isinstance(value, Node) and value.op in ("placeholder", "get_attr")
+
+
+def first_reason(*reasons: str | None) -> str | None:
+    return next((r for r in reasons if r), None)

@@ -1,0 +1,117 @@
+"""fuse-rope: `x * cos + rotate_half(x) * sin` (rotate-half layout, full or partial rotary) -> slipstream::rope.
+
+Applications to q and k that share cos/sin in one module become one call (one kernel launch for both).
+cos/sin arrive broadcast over heads: `[b, 1, s, r]` (heads at dim 1, the Hugging Face default) or `[b, s, 1, r]`
+(heads at dim 2, handled with free transposes). Anything else is refused with the layout in the reason.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch.fx import Graph, Node
+
+from .base import Pass, PassStats, Rule, erase_matched, replace_root, tag_new_nodes
+from .checks import dtype_supported, first_reason, same_size
+from .ops import module_path, tensor_meta
+from .pattern import Match, Op, Var
+
+COS, SIN, Q = Var("cos"), Var("sin"), Var("x")
+
+
+def _rotated(x) -> Op:
+    half = Var("half")
+    return Op("cat", Op("neg", Op("slice", x, dim=-1, start=half, end=Var("end"))),
+              Op("slice", x, dim=-1, start=0, end=half), dim=-1)
+
+
+def _apply(x) -> Op:
+    return Op("add", Op("mul", x, COS), Op("mul", _rotated(x), SIN))
+
+
+_ROT_PART = Op("slice", Q, dim=-1, start=0, end=Var("rdim"), tag="rot_part")
+PARTIAL = Op("cat", _apply(_ROT_PART), Op("slice", Q, dim=-1, start=Var("rdim"), end=Var("dim_end")), dim=-1)
+FULL = _apply(Q)
+
+
+def _heads_dim(m: Match) -> int | None:
+    """Where cos/sin broadcast over heads: 1 for [b,1,s,r] with x [b,h,s,d], 2 for [b,s,1,r] with x [b,s,h,d]."""
+    x, cos = tensor_meta(m["x"]), tensor_meta(m["cos"])
+    if x.dim() != 4 or cos.dim() != 4:
+        return None
+    for hd, sd in ((1, 2), (2, 1)):
+        if cos.shape[hd] == 1 and same_size(cos.shape[sd], x.shape[sd]) and (
+                cos.shape[0] == 1 or same_size(cos.shape[0], x.shape[0])):
+            return hd
+    return None
+
+
+def _check(m: Match) -> str | None:
+    x, cos, sin = tensor_meta(m["x"]), tensor_meta(m["cos"]), tensor_meta(m["sin"])
+    if x is None or cos is None or sin is None:
+        return "q/k, cos or sin is not a tensor"
+    rdim = cos.shape[-1]
+    if tuple(cos.shape) != tuple(sin.shape):
+        return f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} differ in shape"
+    if "rdim" in m.bindings and not same_size(m["rdim"], rdim):
+        return f"rotary slice {m['rdim']} differs from cos/sin width {rdim}"
+    if not same_size(2 * m["half"], rdim) or not same_size(m["end"], rdim) or rdim % 2:
+        return f"rotate_half splits at {m['half']}, not half of the rotary width {rdim}"
+    if _heads_dim(m) is None:
+        return (f"cos/sin layout {tuple(cos.shape)} against q/k {tuple(x.shape)} is not [b,1,s,r] or [b,s,1,r]")
+    if cos.dtype != x.dtype or sin.dtype != x.dtype:
+        return f"cos/sin dtype {cos.dtype} differs from q/k dtype {x.dtype} (eager would promote)"
+    if cos.requires_grad or sin.requires_grad:
+        return "cos/sin require grad; slipstream::rope does not differentiate them"
+    return first_reason(dtype_supported(m["x"], "rope"))
+
+
+class FuseRope(Pass):
+    name = "fuse-rope"
+    anchors = ("neg",)
+    summary = "q * cos + rotate_half(q) * sin (full or partial rotary; q and k together) -> slipstream::rope"
+
+    def rules(self) -> list[Rule]:
+        return [Rule("partial-rotary", PARTIAL, None, _check), Rule("rotate-half", FULL, None, _check)]
+
+    def apply(self, graph: Graph, found: list, stats: PassStats) -> None:
+        order = {n: i for i, n in enumerate(graph.nodes)}
+        groups: dict[tuple, list[tuple[Rule, Match]]] = {}
+        for rule, m in found:
+            groups.setdefault((m["cos"], m["sin"], module_path(m.root), _heads_dim(m)), []).append((rule, m))
+        for (cos, sin, path, heads_dim), members in groups.items():
+            members.sort(key=lambda rm: order[rm[1].root])
+            while members:
+                pair = members[:2] if _can_pair(members[:2], order) else members[:1]
+                del members[:len(pair)]
+                self._rewrite(graph, pair, cos, sin, heads_dim, stats)
+
+    def _rewrite(self, graph: Graph, pair: list, cos: Node, sin: Node, heads_dim: int, stats: PassStats) -> None:
+        first = pair[0][1].root
+        anchor = first.prev
+        with graph.inserting_before(first):
+            xs = [_to_bhsd(graph, m["x"], heads_dim) for _, m in pair]
+            c, s = (graph.call_method("squeeze", (t, heads_dim)) for t in (cos, sin))
+            q, k = (xs[0], xs[1]) if len(xs) == 2 else (xs[0], xs[0])
+            both = graph.call_function(torch.ops.slipstream.rope.default, (q, k, c, s))
+            outs = [_to_bhsd(graph, graph.call_function(operator.getitem, (both, i)), heads_dim) for i in range(len(pair))]
+        label = "+".join(rule.name for rule, _ in pair)
+        tag_new_nodes(anchor, first, f"{self.name}:{label}", module_path(first))
+        for (rule, m), out in zip(pair, outs):
+            replace_root(m, out)
+            erase_matched(graph, m.nodes)
+            stats.matches.append((rule.name, module_path(m.root)))
+
+
+def _to_bhsd(graph: Graph, x: Node, heads_dim: int) -> Node:
+    """[b,s,h,d] <-> [b,h,s,d] by a (free) transpose when heads sit at dim 2; identity otherwise."""
+    return x if heads_dim == 1 else graph.call_method("transpose", (x, 1, 2))
+
+
+def _can_pair(members: list, order: dict) -> bool:
+    """Two applications share one call if every input of both is defined before the first root."""
+    if len(members) < 2:
+        return False
+    first = min(order[m.root] for _, m in members)
+    inputs = [m[k] for _, m in members for k in ("x", "cos", "sin")]
+    return all(order[i] < first for i in inputs if isinstance(i, Node))

@@ -1,0 +1,210 @@
+"""Canonical views of FX nodes, so one pattern matches dynamo graphs (torch functions, Tensor methods, Python
+operators) and torch.export graphs (ATen overloads) alike.
+
+`view(node)` answers "what op is this, on which inputs, with which parameters", e.g. `x.pow(2)`,
+`torch.pow(x, 2)`, `x ** 2` and `aten.pow.Tensor_Scalar(x, 2)` all read as `OpView("pow", (x,), {"exponent": 2})`.
+Only public torch APIs are used (torch.fx, torch.ops); nothing from torch._inductor.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch.fx import Node
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class OpView:
+    name: str
+    inputs: tuple
+    params: dict = field(default_factory=dict)
+
+
+def tensor_meta(value: Any) -> torch.Tensor | None:
+    """The fake tensor recorded for a node (dynamo: example_value, export: val), or None."""
+    if isinstance(value, Node):
+        val = value.meta.get("val", value.meta.get("example_value"))
+        return val if isinstance(val, torch.Tensor) else None
+    return None
+
+
+def _ndim(node: Any) -> int | None:
+    t = tensor_meta(node)
+    return t.dim() if t is not None else None
+
+
+def _neg_dim(dim: int, ndim: int | None) -> int:
+    return dim - ndim if (ndim is not None and dim >= 0) else dim
+
+
+def _arg(node: Node, index: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _dims(dim: Any, ndim: int | None) -> tuple | None:
+    if dim is None:
+        return None
+    dims = dim if isinstance(dim, (list, tuple)) else (dim,)
+    return tuple(_neg_dim(int(d), ndim) for d in dims)
+
+
+# ---- per-op readers: node -> (inputs, params) ------------------------------------------------------------
+
+def _binary(node: Node):
+    if "alpha" in node.kwargs or len(node.args) > 2:
+        return None  # add(a, b, alpha=...) is not a plain add
+    return (_arg(node, 0, "input"), _arg(node, 1, "other")), {}
+
+
+def _unary(node: Node):
+    return (node.args[0],), {}
+
+
+def _pow(node: Node):
+    return (node.args[0],), {"exponent": _arg(node, 1, "exponent")}
+
+
+def _square(node: Node):
+    return (node.args[0],), {"exponent": 2}
+
+
+def _mean(node: Node):
+    x = node.args[0]
+    return (x,), {"dim": _dims(_arg(node, 1, "dim"), _ndim(x)), "keepdim": bool(_arg(node, 2, "keepdim", False))}
+
+
+def _cast(node: Node):
+    return (node.args[0],), {"dtype": getattr(tensor_meta(node), "dtype", None)}
+
+
+def _gelu(node: Node):
+    return (node.args[0],), {"approximate": _arg(node, 1, "approximate", "none")}
+
+
+def _cat(node: Node):
+    tensors = _arg(node, 0, "tensors")
+    first = tensors[0] if tensors else None
+    return tuple(tensors), {"dim": _neg_dim(int(_arg(node, 1, "dim", 0)), _ndim(first))}
+
+
+def _aten_slice(node: Node):
+    x = node.args[0]
+    dim = _neg_dim(int(_arg(node, 1, "dim", 0)), _ndim(x))
+    return _slice_params(x, dim, _arg(node, 2, "start"), _arg(node, 3, "end"), _arg(node, 4, "step", 1))
+
+
+def _slice_params(x: Any, dim: int, start: Any, end: Any, step: Any):
+    if step not in (None, 1):
+        return None
+    meta = tensor_meta(x)
+    size = meta.shape[dim] if meta is not None else None
+    start = 0 if start is None else start
+    end = size if end is None or (size is not None and isinstance(end, int) and end > size) else end
+    if size is not None and isinstance(start, int) and start < 0:
+        start += size
+    if size is not None and isinstance(end, int) and end < 0:
+        end += size
+    return (x,), {"dim": dim, "start": start, "end": end}
+
+
+def _getitem(node: Node):
+    """`x[..., a:b]` (a slice of one dim) reads as `slice`; `pair[i]` (an element of a tuple) as `getitem`."""
+    x, idx = node.args[0], node.args[1]
+    if isinstance(idx, int):
+        return (x,), {"index": idx}
+    ndim = _ndim(x)
+    if ndim is None:
+        return None
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if idx and idx[0] is Ellipsis and len(idx) == 2 and isinstance(idx[1], slice):
+        s = idx[1]
+        return _slice_params(x, -1, s.start, s.stop, s.step)
+    sliced = [(d, s) for d, s in enumerate(idx) if not (isinstance(s, slice) and s == slice(None))]
+    if len(sliced) == 1 and isinstance(sliced[0][1], slice) and Ellipsis not in idx:
+        d, s = sliced[0]
+        return _slice_params(x, _neg_dim(d, ndim), s.start, s.stop, s.step)
+    return None
+
+
+def _unsqueeze(node: Node):
+    x = node.args[0]
+    nd = _ndim(node)
+    return (x,), {"dim": _neg_dim(int(_arg(node, 1, "dim")), nd)}
+
+
+def _chunk(node: Node):
+    x = node.args[0]
+    return (x,), {"chunks": _arg(node, 1, "chunks"), "dim": _neg_dim(int(_arg(node, 2, "dim", 0)), _ndim(x))}
+
+
+def _linear(node: Node):
+    return (_arg(node, 0, "input"), _arg(node, 1, "weight"), _arg(node, 2, "bias")), {}
+
+
+# ---- the table: canonical name -> reader, and the targets that mean it -------------------------------------
+
+_Reader = Callable[[Node], Any]
+_FUNCTIONS: dict[Any, tuple[str, _Reader]] = {}
+_METHODS: dict[str, tuple[str, _Reader]] = {}
+
+
+def _register(name: str, reader: _Reader, functions=(), methods=()):
+    for fn in functions:
+        _FUNCTIONS[fn] = (name, reader)
+    for m in methods:
+        _METHODS[m] = (name, reader)
+
+
+for _name, _op in (("add", operator.add), ("sub", operator.sub), ("mul", operator.mul), ("div", operator.truediv)):
+    _register(_name, _binary, (_op, getattr(torch, _name), getattr(aten, _name).Tensor,
+                               getattr(aten, _name).Scalar), (_name, f"__{_name}__"))
+_register("div", _binary, (torch.true_divide,), ("true_divide", "__truediv__"))
+for _name in ("rsqrt", "neg", "sigmoid", "tanh", "sqrt", "exp"):
+    _register(_name, _unary, (getattr(torch, _name), getattr(aten, _name).default), (_name,))
+_register("neg", _unary, (operator.neg,), ("__neg__",))
+_register("silu", _unary, (F.silu, aten.silu.default), ())
+_register("gelu", _gelu, (F.gelu, aten.gelu.default), ())
+_register("pow", _pow, (torch.pow, operator.pow, aten.pow.Tensor_Scalar), ("pow", "__pow__"))
+_register("pow", _square, (torch.square,), ("square",))
+_register("mean", _mean, (torch.mean, aten.mean.dim), ("mean",))
+_register("cast", _cast, (aten._to_copy.default, aten.to.dtype), ("to", "float", "half", "bfloat16", "type_as", "type"))
+_register("cat", _cat, (torch.cat, torch.concat, aten.cat.default), ())
+_register("slice", _aten_slice, (aten.slice.Tensor,), ())
+_register("slice", _getitem, (operator.getitem,), ())
+_register("unsqueeze", _unsqueeze, (torch.unsqueeze, aten.unsqueeze.default), ("unsqueeze",))
+_register("chunk", _chunk, (torch.chunk,), ("chunk",))
+_register("linear", _linear, (F.linear, torch._C._nn.linear, aten.linear.default), ())
+
+
+def view(node: Any) -> OpView | None:
+    """The canonical reading of `node`, or None for placeholders, literals and ops we have no name for."""
+    if not isinstance(node, Node):
+        return None
+    if node.op == "call_function":
+        entry = _FUNCTIONS.get(node.target)
+    elif node.op == "call_method":
+        entry = _METHODS.get(node.target)
+    else:
+        return None
+    if entry is None:
+        return None
+    name, reader = entry
+    read = reader(node)
+    if read is None:
+        return None
+    inputs, params = read
+    if name == "slice" and "index" in params:
+        name = "getitem"
+    return OpView(name, inputs, params)
+
+
+def module_path(node: Node) -> str:
+    """The dotted path of the innermost module that created `node` ('' at the top level)."""
+    return node.meta.get("slipstream_path", "")

@@ -1,0 +1,186 @@
+"""Patterns as data, and the matcher that finds them.
+
+A pattern is a small tree written close to the PyTorch a model author writes:
+
+    x32 = Op("cast", X) | X                                  # `hidden.to(torch.float32)`, or nothing
+    norm = Op("mul", x32, Op("rsqrt", Op("add", Op("mean", Op("pow", x32, exponent=2), dim=(-1,), keepdim=True),
+                                              Lit("eps"))))
+
+Leaves are `Var`s (any node or value; one name binds one thing everywhere it occurs) and `Lit`s (a captured
+scalar: a Python number, or a symbolic scalar node such as dynamo's `eps.item()`). `Op` matches a node whose
+canonical view (passes/ops.py) has that name, matching inputs and parameters; `add` and `mul` are tried in both
+argument orders. Parameters are compared exactly unless given as a `Var`/`Lit`, which captures them.
+
+Matching starts at a candidate root node and walks towards the inputs, so a failed attempt costs O(pattern),
+and a pass costs O(graph) per rule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.fx import Node
+
+from .ops import tensor_meta, view
+
+COMMUTATIVE = frozenset({"add", "mul"})
+
+
+class Pattern:
+    def __or__(self, other: "Pattern") -> "Alt":
+        return Alt((self, other))
+
+
+@dataclass(frozen=True, eq=False)
+class Var(Pattern):
+    name: str
+
+
+@dataclass(frozen=True, eq=False)
+class Lit(Pattern):
+    """A captured scalar: a Python int/float, or a node computing a scalar (not a tensor)."""
+    name: str
+
+
+@dataclass(frozen=True, eq=False)
+class Op(Pattern):
+    name: str
+    inputs: tuple
+    params: dict
+    tag: str | None = None      # binds the matched node under this name too
+    boundary: bool = False      # may have users outside the match (kept alive then)
+
+    def __init__(self, name: str, *inputs: Any, tag: str | None = None, boundary: bool = False, **params: Any):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "inputs", inputs)
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "tag", tag)
+        object.__setattr__(self, "boundary", boundary)
+
+
+@dataclass(frozen=True, eq=False)
+class Alt(Pattern):
+    options: tuple
+
+    def __or__(self, other: Pattern) -> "Alt":
+        return Alt(self.options + (other,))
+
+
+@dataclass
+class Match:
+    """What a pattern bound: captures by name, the op nodes it covered, and which of those may be shared."""
+    root: Node
+    bindings: dict[str, Any] = field(default_factory=dict)
+    nodes: list[Node] = field(default_factory=list)
+    boundary: set = field(default_factory=set)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.bindings[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.bindings.get(name, default)
+
+
+def match(pattern: Pattern, root: Node) -> Match | None:
+    """Match `pattern` with its top at `root`; None if it does not fit."""
+    state = _match(pattern, root, ({}, (), frozenset()))
+    if state is None:
+        return None
+    bindings, nodes, boundary = state
+    ordered = list(dict.fromkeys(nodes))
+    return Match(root=root, bindings=dict(bindings), nodes=ordered, boundary=set(boundary))
+
+
+_State = tuple  # (bindings: dict, nodes: tuple, boundary: frozenset) — treated as immutable while matching
+
+
+def _bind(state: _State, name: str, value: Any) -> _State | None:
+    bindings = state[0]
+    if name in bindings:
+        return state if _same(bindings[name], value) else None
+    return ({**bindings, name: value}, state[1], state[2])
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Node) or isinstance(b, Node):
+        return a is b
+    return type(a) is type(b) and a == b
+
+
+def _is_scalar(value: Any) -> bool:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return True
+    if isinstance(value, Node):
+        val = value.meta.get("val", value.meta.get("example_value"))
+        return isinstance(val, (torch.SymFloat, torch.SymInt, int, float)) and not isinstance(val, bool)
+    return False
+
+
+def _match(pattern: Any, value: Any, state: _State) -> _State | None:
+    if isinstance(pattern, Var):
+        return _bind(state, pattern.name, value)
+    if isinstance(pattern, Lit):
+        return _bind(state, pattern.name, value) if _is_scalar(value) else None
+    if isinstance(pattern, Alt):
+        for option in pattern.options:
+            found = _match(option, value, state)
+            if found is not None:
+                return found
+        return None
+    if isinstance(pattern, Op):
+        return _match_op(pattern, value, state)
+    return state if _same(pattern, value) else None  # a constant such as 2 or -1
+
+
+def _match_op(pattern: Op, value: Any, state: _State) -> _State | None:
+    v = view(value)
+    if v is None or v.name != pattern.name:
+        return None
+    for key, want in pattern.params.items():
+        if key not in v.params:
+            return None
+        state = _match(want, v.params[key], state)
+        if state is None:
+            return None
+    orders = [v.inputs]
+    if pattern.name in COMMUTATIVE and len(v.inputs) == 2:
+        orders.append(v.inputs[::-1])
+    for inputs in orders:
+        found = _match_inputs(pattern.inputs, inputs, state)
+        if found is not None:
+            bindings, nodes, boundary = found
+            if pattern.tag:
+                found = _bind(found, pattern.tag, value)
+                if found is None:
+                    continue
+                bindings = found[0]
+            return (bindings, nodes + (value,), boundary | {value} if pattern.boundary else boundary)
+    return None
+
+
+def _match_inputs(patterns: tuple, inputs: tuple, state: _State) -> _State | None:
+    if len(patterns) != len(inputs):
+        return None
+    for p, x in zip(patterns, inputs):
+        state = _match(p, x, state)
+        if state is None:
+            return None
+    return state
+
+
+def outside_users(m: Match) -> list[Node]:
+    """Interior nodes of the match used by nodes outside it (boundary nodes are allowed to be)."""
+    inside = set(m.nodes)
+    leaked = []
+    for n in m.nodes:
+        if n is m.root or n in m.boundary:
+            continue
+        if any(u not in inside for u in n.users):
+            leaked.append(n)
+    return leaked
+
+
+def shape_of(value: Any) -> tuple | None:
+    t = tensor_meta(value)
+    return tuple(t.shape) if t is not None else None

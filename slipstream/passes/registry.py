@@ -1,0 +1,15 @@
+"""Every pass by its pipeline name. One pass = one file = one name."""
+from __future__ import annotations
+
+from .base import Pass
+from .fuse_rms_norm import FuseRmsNorm
+from .fuse_rope import FuseRope
+from .fuse_swiglu import FuseSwiglu
+
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (FuseRmsNorm, FuseSwiglu, FuseRope)}
+
+# Presets expand to canonical pipeline text. `train` and `default` coincide until attention and LoRA passes land.
+PRESETS: dict[str, str] = {
+    "default": "fuse-rms-norm, fuse-swiglu, fuse-rope",
+    "train": "fuse-rms-norm, fuse-swiglu, fuse-rope",
+}
