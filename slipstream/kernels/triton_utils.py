@@ -8,24 +8,31 @@ import triton
 
 from slipstream.kernels.dispatch import check_launchable
 
-# Largest row a one-row-per-program kernel keeps in registers (fp32 elements).
+# Largest row a row kernel keeps in registers, and the tile short rows are batched up to (fp32 elements).
 MAX_ROW_BLOCK = 65536
+ROW_TILE = 4096
 
 
-def row_block(n: int, op: str) -> int:
-    block = triton.next_power_of_2(max(n, 1))
-    if block > MAX_ROW_BLOCK:
+def row_tile(n: int, m: int, op: str) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) for kernels that keep whole rows of length n in registers.
+
+    Short rows (e.g. Qwen3's per-head q/k norm over 128 dims) are batched BLOCK_M to a program so each program
+    still moves a few KB; wide rows get one program and more warps.
+    """
+    block_n = triton.next_power_of_2(max(n, 1))
+    if block_n > MAX_ROW_BLOCK:
         raise ValueError(f"{op}: the Triton kernel keeps a row in registers; last dim {n} > {MAX_ROW_BLOCK}")
-    return block
+    block_m = max(1, min(triton.next_power_of_2(max(m, 1)), ROW_TILE // block_n))
+    return block_m, block_n, _warps(block_m * block_n)
 
 
-def row_warps(block: int) -> int:
-    """More warps for wider rows, so each thread holds a bounded number of elements."""
-    if block >= 32768:
+def _warps(elements: int) -> int:
+    """More warps for bigger tiles, so each thread holds a bounded number of elements."""
+    if elements >= 32768:
         return 32
-    if block >= 8192:
+    if elements >= 8192:
         return 16
-    if block >= 2048:
+    if elements >= 2048:
         return 8
     return 4
 

@@ -72,6 +72,10 @@ class Pass:
     def rules(self) -> list[Rule]:
         raise NotImplementedError
 
+    def is_anchor(self, node: Node) -> bool:
+        """A node every match contains; an anchor no rule covers is reported, so nothing is skipped silently."""
+        return _is(node, self.anchors)
+
     def run(self, graph: Graph) -> PassStats:
         stats = PassStats(self.name)
         start = time.perf_counter()
@@ -84,7 +88,7 @@ class Pass:
     def find(self, graph: Graph, stats: PassStats) -> list[tuple[Rule, Match]]:
         """All accepted matches, non-overlapping; refusals go to stats. Roots are tried from the graph's end, so
         the largest form of a pattern wins (partial RoPE's `cat` before the `add` inside it)."""
-        if not any(_is(n, self.anchors) for n in graph.nodes):
+        if not any(self.is_anchor(n) for n in graph.nodes):
             return []
         rules, taken, found, refused_anchors = self.rules(), set(), [], set()
         for node in reversed(list(graph.nodes)):
@@ -93,7 +97,7 @@ class Pass:
                 if m is None or taken.intersection(m.nodes):
                     continue
                 reason = self.refusal(rule, m)
-                anchors = [n for n in m.nodes if _is(n, self.anchors)]
+                anchors = [n for n in m.nodes if self.is_anchor(n)]
                 if reason is not None:
                     if not refused_anchors.intersection(anchors):
                         stats.rejections.append(Rejection(rule.name, module_path(node), reason))
@@ -118,7 +122,7 @@ class Pass:
 
     def report_unmatched(self, graph: Graph, covered: set, stats: PassStats) -> None:
         for node in graph.nodes:
-            if _is(node, self.anchors) and node not in covered:
+            if self.is_anchor(node) and node not in covered:
                 stats.rejections.append(Rejection(
                     "-", module_path(node), f"'{view(node).name}' node '{node.name}' fits none of this pass's rules"))
 

@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 from torch.fx import Node
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .ops import tensor_meta
 
@@ -21,11 +22,24 @@ def dtype_supported(value: Any, op: str) -> str | None:
     return None
 
 
+def scalar(value: Any) -> Any:
+    """A scalar argument's value: the int itself, or the (possibly symbolic) value a scalar node computes."""
+    if isinstance(value, Node):
+        return value.meta.get("val", value.meta.get("example_value"))
+    return value
+
+
 def same_size(a: Any, b: Any) -> bool:
-    """Size equality without adding guards: symbolic sizes compare by their expression."""
+    """Size equality that adds no guards: symbolic sizes must be provably equal."""
+    a, b = scalar(a), scalar(b)
     if isinstance(a, int) and isinstance(b, int):
         return a == b
-    return str(a) == str(b)
+    if a is None or b is None:
+        return False
+    try:
+        return bool(statically_known_true(a == b))
+    except Exception:  # mismatched shape environments: fall back to the printed expressions
+        return str(a) == str(b)
 
 
 def same_shape(a: Any, b: Any) -> bool:

@@ -12,8 +12,8 @@ import torch
 from torch.fx import Graph, Node
 
 from .base import Pass, PassStats, Rule, erase_matched, replace_root, tag_new_nodes
-from .checks import dtype_supported, first_reason, same_size
-from .ops import module_path, tensor_meta
+from .checks import dtype_supported, first_reason, same_size, scalar
+from .ops import module_path, tensor_meta, view
 from .pattern import Match, Op, Var
 
 COS, SIN, Q = Var("cos"), Var("sin"), Var("x")
@@ -55,8 +55,9 @@ def _check(m: Match) -> str | None:
         return f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} differ in shape"
     if "rdim" in m.bindings and not same_size(m["rdim"], rdim):
         return f"rotary slice {m['rdim']} differs from cos/sin width {rdim}"
-    if not same_size(2 * m["half"], rdim) or not same_size(m["end"], rdim) or rdim % 2:
-        return f"rotate_half splits at {m['half']}, not half of the rotary width {rdim}"
+    half = scalar(m["half"])
+    if half is None or not (same_size(half, rdim // 2) or same_size(2 * half, rdim)) or not same_size(m["end"], rdim):
+        return f"rotate_half splits at {half}, not half of the rotary width {rdim}"
     if _heads_dim(m) is None:
         return (f"cos/sin layout {tuple(cos.shape)} against q/k {tuple(x.shape)} is not [b,1,s,r] or [b,s,1,r]")
     if cos.dtype != x.dtype or sin.dtype != x.dtype:
@@ -70,6 +71,12 @@ class FuseRope(Pass):
     name = "fuse-rope"
     anchors = ("neg",)
     summary = "q * cos + rotate_half(q) * sin (full or partial rotary; q and k together) -> slipstream::rope"
+
+    def is_anchor(self, node: Node) -> bool:
+        """rotate_half's `neg` (a negated slice feeding a cat), not any negation."""
+        v = view(node)
+        return (v is not None and v.name == "neg" and getattr(view(v.inputs[0]), "name", None) == "slice"
+                and any(getattr(view(u), "name", None) == "cat" for u in node.users))
 
     def rules(self) -> list[Rule]:
         return [Rule("partial-rotary", PARTIAL, None, _check), Rule("rotate-half", FULL, None, _check)]

@@ -1,0 +1,147 @@
+import pytest
+import torch
+from kernel_testing import DTYPES, IMPLS, assert_close, f64, grads, impl_context, leaf, randn
+
+from slipstream.kernels import rope
+from slipstream.kernels.rope import rope_reference
+from slipstream.kernels.triton_rope import rope_apply
+
+torch.set_num_threads(1)
+
+# name -> (head dim D, rotary dim R)
+ROTARY = {"full": (64, 64), "partial": (64, 32), "odd": (96, 40)}
+
+
+def _hf_rope(q, k, cos, sin):
+    # Phi-3's apply_rotary_pos_emb: Llama's rotate-half formula plus partial-rotary pass-through.
+    from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb
+
+    return apply_rotary_pos_emb(q, k, cos, sin)
+
+
+def _inputs(b, hq, hk, s, d, r, cos_batch, dtype):
+    """q as HF makes it (a transpose of [B, S, H, D]), k contiguous, random cos/sin (unequal halves)."""
+    q = randn(b, s, hq, d, dtype=dtype).transpose(1, 2)
+    k = randn(b, hk, s, d, dtype=dtype)
+    return q, k, randn(cos_batch, s, r, dtype=dtype), randn(cos_batch, s, r, dtype=dtype)
+
+
+def _check(q, k, cos, sin, impl):
+    """Forward and backward of slipstream::rope against the float64 math."""
+    dtype = q.dtype
+    q, k = leaf(q), leaf(k)
+    with impl_context(impl):
+        out_q, out_k = rope(q, k, cos, sin)
+        go = randn(*out_q.shape, dtype=dtype), randn(*out_k.shape, dtype=dtype)
+        dq, dk = grads((out_q, out_k), [q, k], go)
+    q64, k64 = f64(q), f64(k)
+    ref_q, ref_k = _hf_rope(q64, k64, cos.double(), sin.double())
+    dq64, dk64 = grads((ref_q, ref_k), [q64, k64], (go[0].double(), go[1].double()))
+    for out, ref, x in ((out_q, ref_q, q), (out_k, ref_k, k)):
+        assert out.dtype == dtype and out.shape == x.shape and out.is_contiguous()
+        assert_close(out, ref, dtype)
+    assert_close(dq, dq64, dtype)
+    assert_close(dk, dk64, dtype)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rotary", ROTARY)
+@pytest.mark.parametrize("cos_batch", ["cos_b1", "cos_bB"])
+def test_rope(impl, dtype, rotary, cos_batch):
+    d, r = ROTARY[rotary]
+    b = 2
+    _check(*_inputs(b, 4, 2, 5, d, r, 1 if cos_batch == "cos_b1" else b, dtype), impl)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_rope_one_token(impl):
+    _check(*_inputs(1, 3, 1, 1, 64, 32, 1, torch.bfloat16), impl)
+
+
+def test_rope_1000_tokens():
+    _check(*_inputs(1, 2, 1, 1000, 16, 16, 1, torch.float32), "triton")
+
+
+def test_kernel_rounding_is_exact_in_fp16():
+    """The kernel rounds where eager rounds: with fp16 (exactly rounded by the interpreter too) it is bit-equal
+    to the reference, forward and backward."""
+    q, k, cos, sin = _inputs(2, 4, 2, 5, 96, 40, 2, torch.float16)
+    for backward in (False, True):
+        expected = rope_reference(q, k, cos, sin, backward)
+        with impl_context("triton"):
+            actual = rope_apply(q, k, cos, sin, backward)
+        assert all(torch.equal(a, e) for a, e in zip(actual, expected))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rotary", ["full", "partial"])
+def test_reference_matches_hf(dtype, rotary):
+    """The CPU path is op-for-op HF eager, forward and backward: bit-equal in bf16."""
+    d, r = ROTARY[rotary]
+    q, k, cos, sin = _inputs(2, 4, 2, 5, d, r, 1, dtype)
+    go = randn(2, 4, 5, d, dtype=dtype), randn(2, 2, 5, d, dtype=dtype)
+    results = []
+    for fn in (rope, _hf_rope):
+        ql, kl = leaf(q), leaf(k)
+        out = fn(ql, kl, cos, sin)
+        results.append((*out, *grads(out, [ql, kl], go)))
+    for ours, theirs in zip(*results):
+        if dtype == torch.bfloat16:
+            assert torch.equal(ours, theirs)
+        assert_close(ours, theirs, dtype)
+
+
+def test_rejects_bad_inputs():
+    q, k, cos, sin = _inputs(2, 4, 2, 5, 64, 32, 1, torch.bfloat16)
+    with pytest.raises(ValueError, match="dtype"):
+        rope(q, k, cos.float(), sin.float())
+    with pytest.raises(ValueError, match="even"):
+        rope(q, k, cos[..., :31], sin[..., :31])
+    with pytest.raises(ValueError, match="cos"):
+        rope(q, k, cos[:, :4], sin[:, :4])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_no_grad_for_cos_sin(impl):
+    q, k, cos, sin = _inputs(1, 2, 1, 3, 16, 16, 1, torch.float32)
+    q, cos = leaf(q), leaf(cos)
+    with impl_context(impl):
+        out_q, out_k = rope(q, k, cos, sin)
+        with pytest.raises(RuntimeError, match="cos/sin"):
+            (out_q.sum() + out_k.sum()).backward()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_opcheck(impl):
+    q, k, cos, sin = _inputs(2, 4, 2, 3, 16, 8, 2, torch.float32)
+    q, k = leaf(q), leaf(k)
+    with impl_context(impl):
+        torch.library.opcheck(torch.ops.slipstream.rope.default, (q, k, cos, sin))
+        grad_q, grad_k = randn(2, 3, 4, 16).transpose(1, 2), randn(2, 2, 3, 16)
+        torch.library.opcheck(torch.ops.slipstream.rope_backward.default, (grad_q, grad_k, cos, sin))
+
+
+def test_compile_and_export():
+    q, k, cos, sin = _inputs(2, 4, 2, 3, 16, 8, 1, torch.float32)
+
+    class Rotary(torch.nn.Module):
+        def forward(self, q, k, cos, sin):
+            q, k = rope(q, k, cos, sin)
+            return q.sum(1) + k.sum(1)
+
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.append(gm)
+        return gm.forward
+
+    expected = Rotary()(q, k, cos, sin)
+    torch.testing.assert_close(torch.compile(Rotary(), backend=backend, fullgraph=True)(q, k, cos, sin), expected)
+    assert any(n.target is torch.ops.slipstream.rope.default for n in seen[0].graph.nodes)
+    exported = torch.export.export(Rotary(), (q, k, cos, sin))
+    torch.testing.assert_close(exported.module()(q, k, cos, sin), expected)
+    ql, kl = leaf(q), leaf(k)
+    out = torch.compile(Rotary(), backend="aot_eager", fullgraph=True)(ql, kl, cos, sin)
+    expected_grads = grads(Rotary()(ql, kl, cos, sin), [ql, kl], torch.ones_like(out))
+    torch.testing.assert_close(grads(out, [ql, kl], torch.ones_like(out)), expected_grads)

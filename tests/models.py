@@ -1,0 +1,61 @@
+"""Tiny random models of every family the spine must handle, built from configs in code (no downloads)."""
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM
+
+VOCAB = 256
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def _config(family: str):
+    import transformers as tf
+    if family == "llama":
+        return tf.LlamaConfig(**COMMON)
+    if family == "qwen2":
+        return tf.Qwen2Config(**COMMON)
+    if family == "qwen3":
+        return tf.Qwen3Config(**COMMON, head_dim=16)
+    if family == "mistral":
+        return tf.MistralConfig(**COMMON, sliding_window=None)
+    if family == "gemma":
+        return tf.GemmaConfig(**COMMON, head_dim=16)
+    if family == "gemma2":
+        return tf.Gemma2Config(**COMMON, head_dim=16, sliding_window=8, attn_implementation="eager")
+    if family == "gemma3":
+        return tf.Gemma3TextConfig(**COMMON, head_dim=16, sliding_window=8, layer_types=None,
+                                   attn_implementation="eager")
+    if family == "phi3":  # partial rotary exercises the rotary/pass-through split
+        return tf.Phi3Config(**COMMON, partial_rotary_factor=0.5)
+    # families the library never names: they must work with no code change
+    if family == "granite":
+        return tf.GraniteConfig(**COMMON)
+    if family == "olmo2":
+        return tf.Olmo2Config(**COMMON)
+    raise ValueError(f"unknown test family {family!r}")
+
+
+SPINE_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3", "phi3")
+UNNAMED_FAMILIES = ("granite", "olmo2")
+
+
+def build(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, **overrides):
+    config = _config(family)
+    for k, v in overrides.items():
+        setattr(config, k, v)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+    return model.eval()
+
+
+def expected_sites(model) -> dict[str, int]:
+    """How many RMSNorms, gated-MLP activations and RoPE applications the model has (q and k count apart)."""
+    layers = model.config.num_hidden_layers
+    norms = sum(1 for m in model.modules() if type(m).__name__.endswith("RMSNorm"))
+    return {"fuse-rms-norm": norms, "fuse-swiglu": layers, "fuse-rope": 2 * layers}
+
+
+def token_batch(batch: int = 2, seq: int = 12, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, seq), generator=g)
