@@ -23,10 +23,10 @@ def row_tile(n: int, m: int, op: str) -> tuple[int, int, int]:
     if block_n > MAX_ROW_BLOCK:
         raise ValueError(f"{op}: the Triton kernel keeps a row in registers; last dim {n} > {MAX_ROW_BLOCK}")
     block_m = max(1, min(triton.next_power_of_2(max(m, 1)), ROW_TILE // block_n))
-    return block_m, block_n, _warps(block_m * block_n)
+    return block_m, block_n, warps_for(block_m * block_n)
 
 
-def _warps(elements: int) -> int:
+def warps_for(elements: int) -> int:
     """More warps for bigger tiles, so each thread holds a bounded number of elements."""
     if elements >= 32768:
         return 32

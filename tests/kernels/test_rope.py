@@ -59,6 +59,11 @@ def test_rope_one_token(impl):
     _check(*_inputs(1, 3, 1, 1, 64, 32, 1, torch.bfloat16), impl)
 
 
+def test_rope_many_heads():
+    """More heads than one head block holds (the kernel loops over head blocks), non-power-of-2 head counts."""
+    _check(*_inputs(1, 40, 8, 2, 128, 128, 1, torch.bfloat16), "triton")
+
+
 def test_rope_1000_tokens():
     _check(*_inputs(1, 2, 1, 1000, 16, 16, 1, torch.float32), "triton")
 

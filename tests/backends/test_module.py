@@ -1,0 +1,151 @@
+"""The module backend on every spine family: fused counts, forward/backward parity, generate(), peft training."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import models
+import slipstream
+from slipstream.debug.tolerance import max_rel_error, tolerance
+
+
+def _optimized_pair(family: str, dtype=torch.float32):
+    model = models.build(family, dtype=dtype)
+    reference = copy.deepcopy(model)
+    return slipstream.optimize(model), reference
+
+
+@pytest.mark.parametrize("family", models.SPINE_FAMILIES + models.UNNAMED_FAMILIES)
+def test_family_fused_and_exact_fp32(family):
+    opt, ref = _optimized_pair(family)
+    report = slipstream.report(opt)
+    expected = models.expected_sites(ref)
+    assert {name: report.fused(name) for name in expected} == expected, slipstream.explain(opt)
+    assert report.refusals() == [], slipstream.explain(opt)
+
+    opt.train(), ref.train()
+    ids = models.token_batch(seq=13)
+    out, want = opt(input_ids=ids, labels=ids), ref(input_ids=ids, labels=ids)
+    out.loss.backward(), want.loss.backward()
+    tol = tolerance(torch.float32)
+    assert max_rel_error(out.logits, want.logits) <= tol.max_rel
+    for (name, p), q in zip(opt.named_parameters(), ref.parameters()):
+        assert max_rel_error(p.grad, q.grad) <= tol.max_rel, name
+
+    opt.eval(), ref.eval()
+    prompt = ids[:, :5]
+    greedy = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False)  # min: a random model may hit EOS early
+    got = opt.generate(prompt, **greedy)
+    assert torch.equal(got, ref.generate(prompt, **greedy))
+    assert got.shape[1] == 5 + 16
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma2", "phi3"])
+def test_family_bf16_within_tolerance(family):
+    opt, ref = _optimized_pair(family, torch.bfloat16)
+    ids = models.token_batch(seq=10)
+    out, want = opt(input_ids=ids, labels=ids), ref(input_ids=ids, labels=ids)
+    out.loss.backward(), want.loss.backward()
+    tol = tolerance(torch.bfloat16)
+    assert torch.isfinite(out.logits).all()
+    assert max_rel_error(out.logits, want.logits) <= tol.max_rel
+    for (name, p), q in zip(opt.named_parameters(), ref.parameters()):
+        assert torch.isfinite(p.grad).all(), name
+        assert max_rel_error(p.grad, q.grad) <= 5 * tol.max_rel, name  # grads sum many bf16 roundings
+
+
+def test_drop_in_module_keeps_identity_state_dict_and_save_pretrained(tmp_path):
+    model = models.build("qwen3")
+    keys, params = list(model.state_dict()), [id(p) for p in model.parameters()]
+    opt = slipstream.optimize(model)
+    assert opt is model
+    assert list(opt.state_dict()) == keys
+    assert [id(p) for p in opt.parameters()] == params
+
+    opt.save_pretrained(tmp_path)
+    from transformers import AutoModelForCausalLM
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = models.token_batch()
+    torch.testing.assert_close(reloaded(ids).logits, opt(ids).logits, rtol=0, atol=0)
+
+
+def test_no_recompilation_per_sequence_length():
+    opt = slipstream.optimize(models.build("llama"))
+    report = slipstream.report(opt)
+    opt(models.token_batch(seq=6))
+    graphs = report.graphs
+    for seq in (7, 9, 17, 30):
+        opt(models.token_batch(seq=seq))
+    assert report.graphs == graphs
+
+
+def test_train_eval_mode_honoured():
+    model = models.build("llama", attention_dropout=0.5)
+    opt = slipstream.optimize(model)
+    ids = models.token_batch()
+    opt.eval()
+    assert torch.equal(opt(ids).logits, opt(ids).logits)      # eval: dropout off, deterministic
+    opt.train()
+    torch.manual_seed(0)
+    a = opt(ids).logits
+    torch.manual_seed(1)
+    assert not torch.equal(a, opt(ids).logits)                  # train: dropout on
+
+
+def test_restore_and_double_optimize():
+    model = slipstream.optimize(models.build("llama"))
+    with pytest.raises(RuntimeError, match="already captured"):
+        slipstream.optimize(model)
+    slipstream.restore(model)
+    assert "forward" not in model.model.layers[0].__dict__
+    with pytest.raises(ValueError, match="not optimized"):
+        slipstream.explain(model)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_peft_lora_trains_like_unoptimized(family):
+    from peft import LoraConfig, get_peft_model
+
+    def peft_model():
+        base = models.build(family)
+        config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, init_lora_weights=False,
+                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        torch.manual_seed(3)
+        return get_peft_model(base, config)
+
+    ref, opt = peft_model(), slipstream.optimize(peft_model())
+    assert slipstream.report(opt).fused("fuse-rms-norm") == models.expected_sites(ref)["fuse-rms-norm"]
+    trainable = [n for n, p in opt.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+    losses = []
+    for model in (ref, opt):
+        model.train()
+        optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        run = []
+        for step in range(3):
+            ids = models.token_batch(seed=10 + step)
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optim.step(), optim.zero_grad()
+            run.append(loss.item())
+        losses.append(run)
+    assert losses[0][0] != losses[0][2]  # it really trains
+    for a, b in zip(*losses):
+        assert abs(a - b) <= 1e-5 * abs(b)
+
+
+def test_gradient_checkpointing():
+    model = models.build("llama")
+    ref = copy.deepcopy(model)
+    for m in (model, ref):
+        m.gradient_checkpointing_enable()
+        m.train()
+    opt = slipstream.optimize(model)
+    ids = models.token_batch()
+    opt(input_ids=ids, labels=ids).loss.backward()
+    ref(input_ids=ids, labels=ids).loss.backward()
+    for p, q in zip(opt.parameters(), ref.parameters()):
+        assert max_rel_error(p.grad, q.grad) <= tolerance(torch.float32).max_rel

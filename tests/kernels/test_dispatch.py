@@ -1,0 +1,82 @@
+"""Implementation selection, and the GPU build of the kernels (checked without a GPU)."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from slipstream.kernels import force_triton_on_cpu, rms_norm, use_triton
+
+torch.set_num_threads(1)
+
+_HERE = Path(__file__).resolve().parent
+_ROOT = _HERE.parents[1]
+
+
+def _env(**overrides: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
+    env.update(overrides)
+    return env
+
+
+def test_cpu_uses_reference_unless_forced(monkeypatch):
+    monkeypatch.delenv("SLIPSTREAM_TRITON_ON_CPU", raising=False)
+    t = torch.ones(2)
+    assert not use_triton(t)
+    with force_triton_on_cpu():
+        with force_triton_on_cpu():
+            assert use_triton(t)
+        assert use_triton(t)
+    assert not use_triton(t)
+    monkeypatch.setenv("SLIPSTREAM_TRITON_ON_CPU", "1")
+    assert use_triton(t)
+
+
+@pytest.mark.parametrize("how", ["context", "env"])
+def test_forcing_without_interpreter_raises(monkeypatch, how):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    x, w = torch.randn(2, 8), torch.randn(8)
+    if how == "env":
+        monkeypatch.setenv("SLIPSTREAM_TRITON_ON_CPU", "1")
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            rms_norm(x, w)
+    else:
+        with force_triton_on_cpu(), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            rms_norm(x, w)
+
+
+def test_import_is_lazy_and_stale_kernels_are_caught():
+    """Importing slipstream.kernels does not import triton; kernels decorated before TRITON_INTERPRET was set
+    (compiled JITFunctions) raise a clear error on CPU tensors instead of crashing in the driver."""
+    script = textwrap.dedent(
+        """
+        import os, sys, torch
+        import slipstream.kernels as K
+        assert "triton" not in sys.modules, "importing slipstream.kernels imported triton"
+        import slipstream.kernels.triton_rms_norm  # decorated without the interpreter
+        os.environ["TRITON_INTERPRET"] = "1"
+        try:
+            with K.force_triton_on_cpu():
+                K.rms_norm(torch.randn(2, 8), torch.randn(8))
+        except RuntimeError as e:
+            assert "compiled for the GPU" in str(e), e
+        else:
+            raise AssertionError("no error")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+def test_kernels_compile_for_cuda(tmp_path):
+    """Every kernel configuration the wrappers pick compiles to sm_90 cubin (see cuda_compile_check.py)."""
+    env = _env(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
+    script = str(_HERE / "cuda_compile_check.py")
+    result = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600)
+    if result.returncode == 77:
+        pytest.skip("this triton build has no CUDA backend")
+    assert result.returncode == 0, result.stdout + result.stderr
