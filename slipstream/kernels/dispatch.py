@@ -10,6 +10,10 @@ with it set the function becomes an `InterpretedFunction`, otherwise a compiled 
 looks at it again. So the variable must be set before our `triton_*.py` modules are first imported (they are
 imported lazily, on the first forced call), and a kernel module imported without it stays compiled for the rest
 of the process. `check_launchable` turns that case into a clear error instead of a crash inside the driver.
+
+Interpreter caveats (triton 3.9): fp32 -> bf16 casts truncate instead of rounding to nearest even as the GPU does,
+so interpreted bf16 results may sit one bf16 ulp below the GPU's (fp16 casts round correctly); and
+`block_mask & scalar_mask` yields an int32 mask that loads reject, so kernels build masks from blocks only.
 """
 from __future__ import annotations
 

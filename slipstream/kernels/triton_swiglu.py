@@ -11,12 +11,14 @@ import torch
 import triton
 import triton.language as tl
 
-from slipstream.kernels.triton_utils import as_rows, launch_guard
+from slipstream.kernels.triton_utils import as_rows, launch_guard, warps_for
 
-SILU, GELU_ERF, GELU_TANH = 0, 1, 2
-_ACT = {None: SILU, "none": GELU_ERF, "tanh": GELU_TANH}
+SILU = tl.constexpr(0)
+GELU_ERF = tl.constexpr(1)
+GELU_TANH = tl.constexpr(2)
+_ACT = {None: SILU.value, "none": GELU_ERF.value, "tanh": GELU_TANH.value}
 
-# Elements per program: 2-D tiles of this size keep 8-16 values per thread per tensor at 8 warps.
+# Elements per program (at 8 warps: 16 values per thread per tensor).
 _TILE = 4096
 _MAX_BLOCK_N = 1024
 
@@ -24,16 +26,16 @@ _MAX_BLOCK_N = 1024
 @triton.jit
 def _act_and_grad(g, ACT: tl.constexpr):
     """(act(g), d act / d g) in fp32. Tanh gelu uses 0.5*(1 + tanh(z)) == sigmoid(2z), which avoids tanh."""
-    if ACT == 0:
+    if ACT == SILU:
         e1 = 1.0 + tl.exp(-g)
         s = 1.0 / e1
         a = g / e1  # eager's silu formula, x / (1 + exp(-x))
         d = s * (1.0 + g * (1.0 - s))
-    elif ACT == 1:
+    elif ACT == GELU_ERF:
         cdf = 0.5 * (1.0 + tl.math.erf(g * 0.7071067811865476))
         a = g * cdf
         d = cdf + g * (0.3989422804014327 * tl.exp(-0.5 * g * g))
-    else:
+    else:  # GELU_TANH
         beta = 0.7978845608028654  # sqrt(2 / pi)
         s = 1.0 / (1.0 + tl.exp(-2.0 * beta * (g + 0.044715 * g * g * g)))
         a = g * s
@@ -96,7 +98,7 @@ def gated_forward(gate: torch.Tensor, up: torch.Tensor, approximate: Optional[st
     with launch_guard(_gated_fwd_kernel, gate):
         _gated_fwd_kernel[grid](
             g2, u2, out, g2.stride(0), u2.stride(0), m, n,
-            ACT=_ACT[approximate], BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m * block_n >= 2048 else 4,
+            ACT=_ACT[approximate], BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps_for(block_m * block_n),
         )
     return out
 
@@ -114,6 +116,6 @@ def gated_backward(
     with launch_guard(_gated_bwd_kernel, gate):
         _gated_bwd_kernel[grid](
             d2, g2, u2, dgate, dup, d2.stride(0), g2.stride(0), u2.stride(0), m, n,
-            ACT=_ACT[approximate], BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m * block_n >= 2048 else 4,
+            ACT=_ACT[approximate], BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps_for(block_m * block_n),
         )
     return dgate, dup

@@ -1,4 +1,6 @@
 """Helpers shared by the kernel tests (comparisons use the per-dtype table in slipstream.debug.tolerance)."""
+from __future__ import annotations
+
 import contextlib
 
 import torch

@@ -82,19 +82,27 @@ def test_rejects_mismatched_inputs():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_reference_matches_hf(dtype):
-    """The CPU path is op-for-op HF eager (LlamaMLP / Gemma / Phi-3 products): bit-equal in bf16."""
+    """The CPU path is op-for-op HF eager (LlamaMLP / Gemma / Phi-3 products), forward and backward: bit-equal
+    in bf16."""
     from transformers.activations import ACT2FN
 
     gate, up = randn(3, 5, 97, dtype=dtype, scale=2.0), randn(3, 5, 97, dtype=dtype)
+    go = randn(3, 5, 97, dtype=dtype)
     pairs = [
-        (swiglu(gate, up), ACT2FN["silu"](gate) * up),
-        (geglu(gate, up, "tanh"), ACT2FN["gelu_pytorch_tanh"](gate) * up),
-        (geglu(gate, up, "none"), up * ACT2FN["gelu"](gate)),
+        (swiglu, lambda g, u: ACT2FN["silu"](g) * u),
+        (lambda g, u: geglu(g, u, "tanh"), lambda g, u: ACT2FN["gelu_pytorch_tanh"](g) * u),
+        (lambda g, u: geglu(g, u, "none"), lambda g, u: u * ACT2FN["gelu"](g)),
     ]
     for ours, theirs in pairs:
-        if dtype == torch.bfloat16:
-            assert torch.equal(ours, theirs)
-        assert_close(ours, theirs, dtype)
+        results = []
+        for fn in (ours, theirs):
+            g, u = leaf(gate), leaf(up)
+            out = fn(g, u)
+            results.append((out, *grads(out, [g, u], go)))
+        for a, b in zip(*results):
+            if dtype == torch.bfloat16:
+                assert torch.equal(a, b)
+            assert_close(a, b, dtype)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -1,0 +1,88 @@
+"""fuse-rope: fires (full and partial rotary, q and k in one call, both head layouts), refuses, agrees."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import assert_agrees, optimize_with
+
+
+def rotate_half(x):
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Rotary(nn.Module):
+    """q [b,h,s,d] (or [b,s,h,d] with heads_dim=2), cos/sin [b,s,r] unsqueezed over heads, like HF models."""
+    def __init__(self, rotary_dim=None, heads_dim=1, with_k=True):
+        super().__init__()
+        self.rotary_dim, self.heads_dim, self.with_k = rotary_dim, heads_dim, with_k
+
+    def apply(self, x, cos, sin):
+        r = self.rotary_dim
+        if r is None:
+            return x * cos + rotate_half(x) * sin
+        x_rot, x_pass = x[..., :r], x[..., r:]
+        return torch.cat([x_rot * cos + rotate_half(x_rot) * sin, x_pass], dim=-1)
+
+    def forward(self, q, k, cos, sin):
+        cos, sin = cos.unsqueeze(self.heads_dim), sin.unsqueeze(self.heads_dim)
+        q = self.apply(q, cos, sin)
+        return (q, self.apply(k, cos, sin)) if self.with_k else q
+
+
+def _inputs(dtype, b=2, s=5, hq=4, hk=2, d=16, r=None, heads_dim=1, cos_batch=None):
+    def shape(h):
+        return (b, h, s, d) if heads_dim == 1 else (b, s, h, d)
+    r = r or d
+    angles = torch.randn(cos_batch or b, s, r // 2).repeat(1, 1, 2)
+    return (torch.randn(shape(hq), dtype=dtype), torch.randn(shape(hk), dtype=dtype),
+            angles.cos().to(dtype), angles.sin().to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rotary_dim,heads_dim,cos_batch", [(None, 1, None), (8, 1, 1), (None, 2, None)])
+def test_fires_and_agrees(dtype, rotary_dim, heads_dim, cos_batch):
+    module = Rotary(rotary_dim, heads_dim)
+    inputs = _inputs(dtype, r=rotary_dim, heads_dim=heads_dim, cos_batch=cos_batch)
+    opt, ref, report = optimize_with(module, "fuse-rope", *inputs)
+    assert report.fused("fuse-rope") == 2
+    rule = "rotate-half" if rotary_dim is None else "partial-rotary"
+    assert report.passes["fuse-rope"].matches == {(rule, ""): 2}
+    assert_agrees(opt, ref, *inputs)
+
+
+def test_single_application_fuses_alone():
+    module = Rotary(with_k=False)
+    inputs = _inputs(torch.float32)
+    opt, ref, report = optimize_with(module, "fuse-rope", *inputs)
+    assert report.fused("fuse-rope") == 1
+    assert_agrees(opt, ref, *inputs)
+
+
+def test_refuses_mismatched_cos_dtype():
+    module = Rotary()
+    q, k, cos, sin = _inputs(torch.bfloat16)
+    cos, sin = cos.float(), sin.float()
+    opt, ref, report = optimize_with(module, "fuse-rope", q, k, cos, sin)
+    assert report.fused("fuse-rope") == 0
+    reasons = {reason for _, _, reason in report.refusals()}
+    assert reasons == {"cos/sin dtype torch.float32 differs from q/k dtype torch.bfloat16 (eager would promote)"}
+    assert_agrees(opt, ref, q, k, cos, sin)
+
+
+class NotRotateHalf(Rotary):
+    """Splits at a third instead of a half: looks like RoPE, is not."""
+    def apply(self, x, cos, sin):
+        t = x.shape[-1] // 4
+        return x * cos + torch.cat((-x[..., t:], x[..., :t]), dim=-1) * sin
+
+
+def test_refuses_wrong_split():
+    inputs = _inputs(torch.float32)
+    opt, ref, report = optimize_with(NotRotateHalf(), "fuse-rope", *inputs)
+    assert report.fused("fuse-rope") == 0
+    assert all("not half of the rotary width" in reason for _, _, reason in report.refusals())
+    assert sum(report.passes["fuse-rope"].rejections.values()) == 2  # q and k
+    assert_agrees(opt, ref, *inputs)
