@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar
 from torch.fx import Graph, Node
 
 from .ops import module_path, view
-from .pattern import Match, Pattern, match, outside_users
+from .pattern import Match, Pattern, is_metadata_assert, match, outside_users
 
 SUPPORTED_DTYPES_TEXT = "float32, float16, bfloat16"
 
@@ -154,6 +154,9 @@ def replace_root(m: Match, new: Node) -> None:
 def erase_matched(graph: Graph, nodes: list[Node]) -> None:
     """Erase matched nodes that became dead, users first. Never a blanket dead-code elimination: graphs can hold
     side-effecting nodes (KV-cache writes) that have no users."""
+    for n in nodes:
+        for user in [u for u in n.users if is_metadata_assert(u)]:
+            graph.erase_node(user)
     pending = list(nodes)
     progress = True
     while pending and progress:

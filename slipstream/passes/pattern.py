@@ -176,9 +176,14 @@ def outside_users(m: Match) -> list[Node]:
     for n in m.nodes:
         if n is m.root or n in m.boundary:
             continue
-        if any(u not in inside for u in n.users):
+        if any(u not in inside and not is_metadata_assert(u) for u in n.users):
             leaked.append(n)
     return leaked
+
+
+def is_metadata_assert(node: Node) -> bool:
+    """torch.export's `_assert_tensor_metadata` checks: side-effect-only users that must not pin a match."""
+    return node.op == "call_function" and node.target is torch.ops.aten._assert_tensor_metadata.default
 
 
 def shape_of(value: Any) -> tuple | None:
