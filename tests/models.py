@@ -45,7 +45,7 @@ def build(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, **over
     for k, v in overrides.items():
         setattr(config, k, v)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()
 
 

@@ -19,13 +19,18 @@ _TILE = 4096
 
 
 @triton.jit
+def _rounded_sum(a, b, DT: tl.constexpr):
+    """a + b as eager computes two rounded products and their sum in dtype DT (fp32 math, DT rounding)."""
+    return (a.to(DT).to(tl.float32) + b.to(DT).to(tl.float32)).to(DT)
+
+
+@triton.jit
 def _rotate_heads(
     X, Y, x_off, y_off, sx_h, sx_d, H, S, D, R2, s, c1, c2, a1, a2,
     HAS_PASS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R2: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     # y1 = x1*c1 + x2*a1 and y2 = x2*c2 + x1*a2 over the two rotated halves, each product rounded to the
     # output dtype before the (rounded) sum, as eager does; dims 2*R2..D are copied.
-    DT: tl.constexpr = Y.dtype.element_ty
     r = tl.arange(0, BLOCK_R2)[None, None, :]
     p = 2 * R2 + tl.arange(0, BLOCK_P)[None, None, :]
     for h0 in range(0, H, BLOCK_H):
@@ -36,10 +41,8 @@ def _rotate_heads(
         m = hm & (r < R2)
         x1 = tl.load(xh + r * sx_d, mask=m, other=0.0).to(tl.float32)
         x2 = tl.load(xh + (r + R2) * sx_d, mask=m, other=0.0).to(tl.float32)
-        y1 = (x1 * c1).to(DT).to(tl.float32) + (x2 * a1).to(DT).to(tl.float32)
-        y2 = (x2 * c2).to(DT).to(tl.float32) + (x1 * a2).to(DT).to(tl.float32)
-        tl.store(yh + r, y1.to(DT), mask=m)
-        tl.store(yh + r + R2, y2.to(DT), mask=m)
+        tl.store(yh + r, _rounded_sum(x1 * c1, x2 * a1, Y.dtype.element_ty), mask=m)
+        tl.store(yh + r + R2, _rounded_sum(x2 * c2, x1 * a2, Y.dtype.element_ty), mask=m)
         if HAS_PASS:
             pm = hm & (p < D)
             tl.store(yh + p, tl.load(xh + p * sx_d, mask=pm), mask=pm)
