@@ -12,27 +12,34 @@ from torch import nn
 from torch.fx import GraphModule
 
 from .. import kernels  # noqa: F401  (registers the slipstream:: ops the rewritten graphs call)
-from ..debug.report import PassRecord, Report
+from ..debug.report import Report
 from ..frontend import capture
-from ..frontend.units import find_units
+from ..frontend.units import find_unit_groups
 from ..passes import PassManager, Pipeline
 
 REPORT_ATTR = "_slipstream_report"
 
 
 def attach(model: nn.Module, pipeline: Pipeline, version: str) -> Report:
-    units = find_units(model)
-    report = Report(pipeline=str(pipeline), version=version, units=[u for u, _ in units])
+    groups = find_unit_groups(model)
     manager, lock = PassManager(pipeline), threading.Lock()
-    report.passes = {p.name: PassRecord(p.name, p.summary) for p in manager.passes}
+    report = Report(pipeline=str(pipeline), version=version, units=[u for g in groups for u, _ in g],
+                    pass_names=[p.name for p in manager.passes],
+                    summaries={p.name: p.summary for p in manager.passes})
 
-    def on_graph(unit: str, gm: GraphModule) -> None:
+    def on_graph(unit: str, gm: GraphModule):
         with lock:
-            report.record(unit, manager.run(gm))
+            graph_id = report.record(unit, manager.run(gm))
+        forward, current = gm.forward, capture.CURRENT_UNIT
 
-    capture.set_recompile_budget(len(units))
-    for path, module in units:
-        capture.install(path, module, on_graph)
+        def run(*args):
+            report.ran(current.get(), graph_id)
+            return forward(*args)
+        return run
+
+    capture.set_recompile_budget()
+    for group in groups:
+        capture.install_group(group, on_graph)
     object.__setattr__(model, REPORT_ATTR, report)
     return report
 

@@ -1,6 +1,9 @@
 """What slipstream did to a model: per pass, the sites it fused (rule, module path), what it refused and why,
-and its time. Graphs are captured lazily (per unit and variant: prefill, decode, training), so the report
-accumulates; a site counts once however many variants saw it.
+and its time.
+
+Graphs are captured lazily, one per layer structure and variant (prefill, decode, training), and one graph can
+serve many layers. So sites are attributed by what *ran*: each rewritten graph records, when it runs, which unit
+ran it, and a unit's sites are those of the graphs it ran (a site counts once however many variants saw it).
 """
 from __future__ import annotations
 
@@ -8,6 +11,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from ..passes.base import PassStats
+
+
+@dataclass
+class GraphRecord:
+    unit: str                      # the unit whose call captured it; paths below are relative to it
+    matches: dict                  # pass -> Counter[(rule, relative path)]
+    rejections: dict               # pass -> Counter[(rule, relative path, reason)]
 
 
 @dataclass
@@ -19,14 +29,6 @@ class PassRecord:
     matches: dict = field(default_factory=dict)      # (rule, path) -> applications in one graph
     rejections: dict = field(default_factory=dict)   # (rule, path, reason) -> occurrences in one graph
 
-    def add(self, stats: PassStats) -> None:
-        self.seconds += stats.seconds
-        self.runs += 1
-        for key, n in Counter(stats.matches).items():
-            self.matches[key] = max(self.matches.get(key, 0), n)
-        for key, n in Counter((r.rule, r.path, r.reason) for r in stats.rejections).items():
-            self.rejections[key] = max(self.rejections.get(key, 0), n)
-
     @property
     def fused(self) -> int:
         return sum(self.matches.values())
@@ -35,26 +37,67 @@ class PassRecord:
         return sorted({path for _, path in self.matches})
 
 
+def _relative(path: str, unit: str) -> str:
+    if not unit:
+        return path
+    return path[len(unit) + 1:] if path.startswith(unit + ".") else ("" if path == unit else path)
+
+
+def _absolute(rel: str, unit: str) -> str:
+    return ".".join(p for p in (unit, rel) if p)
+
+
 @dataclass
 class Report:
     pipeline: str
     version: str
     units: list[str]
-    passes: dict[str, PassRecord] = field(default_factory=dict)
-    graphs: int = 0
+    pass_names: list[str] = field(default_factory=list)
+    summaries: dict = field(default_factory=dict)
+    graph_records: list[GraphRecord] = field(default_factory=list)
+    runs: set = field(default_factory=set)           # (unit, graph id) pairs seen at run time
+    seconds: dict = field(default_factory=lambda: defaultdict(float))
 
-    def record(self, unit: str, stats: list[PassStats]) -> None:
-        self.graphs += 1
+    @property
+    def graphs(self) -> int:
+        return len(self.graph_records)
+
+    def record(self, unit: str, stats: list[PassStats]) -> int:
+        """Store a newly captured graph's pass results; returns its graph id."""
+        matches, rejections = {}, {}
         for s in stats:
-            self.passes.setdefault(s.name, PassRecord(s.name)).add(s)
+            self.seconds[s.name] += s.seconds
+            matches[s.name] = Counter((rule, _relative(path, unit)) for rule, path in s.matches)
+            rejections[s.name] = Counter((r.rule, _relative(r.path, unit), r.reason) for r in s.rejections)
+        self.graph_records.append(GraphRecord(unit, matches, rejections))
+        return len(self.graph_records) - 1
+
+    def ran(self, unit: str, graph_id: int) -> None:
+        self.runs.add((unit, graph_id))
+
+    @property
+    def passes(self) -> dict[str, PassRecord]:
+        records = {n: PassRecord(n, self.summaries.get(n, ""), self.seconds.get(n, 0.0), self.graphs)
+                   for n in self.pass_names}
+        for unit, gid in sorted(self.runs):
+            graph = self.graph_records[gid]
+            for name, record in records.items():
+                for (rule, rel), n in graph.matches.get(name, {}).items():
+                    key = (rule, _absolute(rel, unit))
+                    record.matches[key] = max(record.matches.get(key, 0), n)
+                for (rule, rel, reason), n in graph.rejections.get(name, {}).items():
+                    key = (rule, _absolute(rel, unit), reason.replace(graph.unit, unit) if graph.unit else reason)
+                    record.rejections[key] = max(record.rejections.get(key, 0), n)
+        return records
 
     def fused(self, pass_name: str) -> int:
         record = self.passes.get(pass_name)
         return record.fused if record else 0
 
     def refusals(self, pass_name: str | None = None) -> list[tuple[str, str, str]]:
-        names = [pass_name] if pass_name else list(self.passes)
-        return sorted(k for n in names if n in self.passes for k in self.passes[n].rejections)
+        passes = self.passes
+        names = [pass_name] if pass_name else list(passes)
+        return sorted(k for n in names if n in passes for k in passes[n].rejections)
 
     def __str__(self) -> str:
         return render(self)
@@ -72,9 +115,10 @@ def _unit_summary(units: list[str]) -> str:
 
 def render(report: Report) -> str:
     lines = [f"slipstream {report.version} · pipeline: {report.pipeline}",
-             f"captured {report.graphs} graph(s) from {len(report.units)} unit(s): {_unit_summary(report.units)}"]
-    if not report.graphs:
-        lines.append("no graph captured yet: units are captured on their first call (run a forward first)")
+             f"captured {report.graphs} graph(s) serving {len({u for u, _ in report.runs})} of "
+             f"{len(report.units)} unit(s): {_unit_summary(report.units)}"]
+    if not report.runs:
+        lines.append("no graph has run yet: units are captured on their first call (run a forward first)")
     for record in report.passes.values():
         rules = Counter()
         for (rule, _), n in record.matches.items():

@@ -1,13 +1,18 @@
-"""Capture: each unit's forward is handed to torch.compile with our own backend, which receives a torch-level FX
-graph (shapes in meta, module provenance in nn_module_stack), runs the pass pipeline on it and returns the
-rewritten graph to run under eager autograd. No Inductor is involved.
+"""Capture: units' forwards go through torch.compile with our own backend, which receives a torch-level FX graph
+(shapes in meta, module provenance in nn_module_stack), runs the pass pipeline on it and returns the rewritten
+graph to run under eager autograd. No Inductor is involved.
 
+- One compiled entry per *group*: the layers of a stack share one code object, so a graph captured for layer 0
+  serves every layer whose guards pass (parameters are graph inputs; the KV cache is handed over as the layer's
+  own cache object, see layer_cache.py). Capture cost is per distinct layer structure, not per layer.
 - dynamic=True: one graph serves every batch and sequence length (sizes 0/1 specialise once, e.g. decode).
-- Every unit gets its own code object, so dynamo keeps a separate cache per unit and its recompile budget is not
-  shared across layers; hitting that budget raises instead of silently running unfused code.
+- Calls carrying state we cannot hand over per layer (an unknown cache type) use a per-unit entry instead.
+- Hitting dynamo's recompile budget raises instead of silently running unfused code.
 """
 from __future__ import annotations
 
+import contextvars
+import functools
 import re
 import types
 from typing import Callable
@@ -16,24 +21,18 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
+from .layer_cache import stack_index_attrs, substitute
+
 _ORIGINAL = "_slipstream_original_forward"
-_ROOT = re.compile(r"^L\[[^\]]*\](?:\.__self__)?")
+_ROOT = re.compile(r"^L\[[^\]]*\](?:\[\d+\])?(?:\.__self__)?")
 _DICT_KEY = re.compile(r"(?:\._modules)?\[['\"]([^'\"]+)['\"]\]")
 
-GraphHook = Callable[[str, GraphModule], None]
-
-
-def _fresh_entry(forward: Callable) -> Callable:
-    def entry(*args, **kwargs):
-        return forward(*args, **kwargs)
-    code = entry.__code__.replace()  # a distinct code object: dynamo's cache is per code object
-    fn = types.FunctionType(code, entry.__globals__, "slipstream_unit", entry.__defaults__, entry.__closure__)
-    fn.__wrapped__ = forward
-    return fn
+CURRENT_UNIT: contextvars.ContextVar[str] = contextvars.ContextVar("slipstream_unit", default="")
+GraphHook = Callable[[str, GraphModule], Callable]  # (unit path, graph) -> the callable that runs it
 
 
 def relative_path(source: str) -> str:
-    """`L['orig'].__self__.mlp._modules['act_fn']` -> `mlp.act_fn` (dynamo's source text of a submodule)."""
+    """`L['module'].mlp._modules['act_fn']` -> `mlp.act_fn` (dynamo's source text of a submodule)."""
     path = _DICT_KEY.sub(lambda m: "." + m.group(1), _ROOT.sub("", source))
     return path.lstrip(".")
 
@@ -48,19 +47,58 @@ def annotate(gm: GraphModule, unit_path: str) -> None:
         node.meta["slipstream_path"] = ".".join(p for p in (unit_path, rel) if p)
 
 
-def install(unit_path: str, module: nn.Module, on_graph: GraphHook) -> None:
-    if hasattr(module, _ORIGINAL):
-        raise RuntimeError(f"module '{unit_path or type(module).__name__}' is already captured by slipstream; "
-                           "call slipstream.restore(model) before optimizing it again")
+def _compiled_entry(call: Callable, on_graph: GraphHook) -> Callable:
+    """torch.compile over a fresh copy of `entry` (dynamo keeps its cache per code object)."""
+    def entry(*args, **kwargs):
+        return call(*args, **kwargs)
+    code = entry.__code__.replace()
+    fresh = types.FunctionType(code, entry.__globals__, "slipstream_entry", entry.__defaults__, entry.__closure__)
 
     def backend(gm: GraphModule, example_inputs):
-        annotate(gm, unit_path)
-        on_graph(unit_path, gm)
-        return gm.forward
+        unit = CURRENT_UNIT.get()
+        annotate(gm, unit)
+        return on_graph(unit, gm)
 
-    original = module.__dict__.get("forward")  # an instance-level forward someone else installed, if any
-    setattr(module, _ORIGINAL, original)
-    module.forward = torch.compile(_fresh_entry(module.forward), backend=backend, dynamic=True)
+    return torch.compile(fresh, backend=backend, dynamic=True)
+
+
+def install_group(units: list[tuple[str, nn.Module]], on_graph: GraphHook) -> None:
+    """Install one shared entry for `units` (modules of one class, e.g. a layer stack) and a dispatcher on each."""
+    modules = [m for _, m in units]
+    for path, module in units:
+        if hasattr(module, _ORIGINAL):
+            raise RuntimeError(f"module '{path or type(module).__name__}' is already captured by slipstream; "
+                               "call slipstream.restore(model) before optimizing it again")
+    shareable = len({type(m) for m in modules}) == 1 and not any("forward" in m.__dict__ for m in modules)
+    if not shareable:
+        for unit in units:
+            install_group([unit], on_graph)
+        return
+    shared = _compiled_entry(type(modules[0]).forward, on_graph)
+    view_cache = stack_index_attrs(modules)
+    for index, (path, module) in enumerate(units):
+        _install_dispatcher(path, module, index, shared, view_cache, on_graph)
+
+
+def _install_dispatcher(path: str, module: nn.Module, index: int, shared: Callable, view_cache: bool,
+                        on_graph: GraphHook) -> None:
+    own: list[Callable] = []  # this unit's private entry, made on first need
+
+    def forward(*args, **kwargs):
+        token = CURRENT_UNIT.set(path)
+        try:
+            args, kwargs, stateful = substitute(args, kwargs, index, view_cache)
+            if not stateful:
+                return shared(module, *args, **kwargs)
+            if not own:
+                own.append(_compiled_entry(type(module).forward, on_graph))
+            return own[0](module, *args, **kwargs)
+        finally:
+            CURRENT_UNIT.reset(token)
+
+    functools.update_wrapper(forward, module.forward)
+    setattr(module, _ORIGINAL, module.__dict__.get("forward"))
+    module.forward = forward
 
 
 def uninstall(module: nn.Module) -> bool:
@@ -73,10 +111,10 @@ def uninstall(module: nn.Module) -> bool:
     return True
 
 
-def set_recompile_budget(units: int) -> None:
-    """Each unit compiles a handful of variants (prefill, decode, train/eval, grad/no-grad); make the per-code
-    budget comfortable and the process-wide one large enough for every unit, and fail loudly past them."""
+def set_recompile_budget() -> None:
+    """A group compiles one graph per variant (prefill/decode, train/eval, grad/no-grad, layer kinds such as
+    sliding vs global attention); make the budget comfortable and fail loudly past it."""
     config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, 16)
-    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 16 * units + 256)
+    config.recompile_limit = max(config.recompile_limit, 64)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 1024)
     config.fail_on_recompile_limit_hit = True

@@ -25,15 +25,23 @@ def _layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     return stacks
 
 
-def find_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
+Unit = tuple[str, nn.Module]
+
+
+def find_units(model: nn.Module) -> list[Unit]:
     """(dotted path, module) of every unit, in model order; paths are as in `model.named_modules()`."""
+    return [u for group in find_unit_groups(model) for u in group]
+
+
+def find_unit_groups(model: nn.Module) -> list[list[Unit]]:
+    """Units grouped for sharing captured graphs: one group per layer stack, one per sibling."""
     stacks = _layer_stacks(model)
     if not stacks:
-        return [("", model)]
-    units: list[tuple[str, nn.Module]] = []
+        return [[("", model)]]
+    groups: list[list[Unit]] = []
     stack_ids = {id(s) for _, s in stacks}
     for stack_name, stack in stacks:
-        units.extend((f"{stack_name}.{i}", layer) for i, layer in enumerate(stack))
+        groups.append([(f"{stack_name}.{i}", layer) for i, layer in enumerate(stack)])
         parent_name = stack_name.rpartition(".")[0]
         parent = model.get_submodule(parent_name)
         for child_name, child in parent.named_children():
@@ -41,6 +49,7 @@ def find_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
                 continue
             if any(id(m) in stack_ids for m in child.modules()):
                 continue  # it contains a layer stack itself: its parts are units already
-            units.append((f"{parent_name}.{child_name}" if parent_name else child_name, child))
+            groups.append([(f"{parent_name}.{child_name}" if parent_name else child_name, child)])
     seen: set[int] = set()
-    return [(n, m) for n, m in units if not (id(m) in seen or seen.add(id(m)))]
+    unique = [[(n, m) for n, m in g if not (id(m) in seen or seen.add(id(m)))] for g in groups]
+    return [g for g in unique if g]

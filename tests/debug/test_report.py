@@ -12,7 +12,7 @@ def test_explain_lists_sites_rules_and_units():
     text = slipstream.explain(opt)
     lines = text.splitlines()
     assert lines[0] == f"slipstream {slipstream.__version__} · pipeline: fuse-rms-norm, fuse-swiglu, fuse-rope"
-    assert "from 4 unit(s): model.layers.[0-1], model.embed_tokens, model.norm" in lines[1]
+    assert lines[1] == "captured 3 graph(s) serving 4 of 4 unit(s): model.layers.[0-1], model.embed_tokens, model.norm"
     assert "fuse-rms-norm: fused 5 (cast-of-offset-weighted x5) · refused 0" in text
     assert "  + model.layers.1.post_attention_layernorm: cast-of-offset-weighted" in lines
     assert "fuse-swiglu: fused 2 (gelu-times-up x2)" in text
@@ -21,9 +21,9 @@ def test_explain_lists_sites_rules_and_units():
 
 def test_explain_before_first_call_says_so():
     opt = slipstream.optimize(models.build("llama"), warmup=False)
-    assert "no graph captured yet" in slipstream.explain(opt)
+    assert "no graph has run yet" in slipstream.explain(opt)
     opt(models.token_batch())
-    assert "no graph captured yet" not in slipstream.explain(opt)
+    assert "no graph has run yet" not in slipstream.explain(opt)
 
 
 def test_report_counts_a_site_once_across_variants():
@@ -46,3 +46,16 @@ def test_refusal_shows_path_and_reason():
     text = slipstream.explain(opt)
     assert ("  ! model.norm: refused (weight-times-cast): dtype float64 is not supported by slipstream::rms_norm "
             "(supported: float32, float16, bfloat16)") in text.splitlines()
+
+
+def test_one_graph_serves_every_layer_of_a_stack():
+    """Capture cost follows the number of distinct layer structures and variants, not the depth."""
+    shallow = slipstream.report(slipstream.optimize(models.build("llama", num_hidden_layers=2)))
+    deep_model = slipstream.optimize(models.build("llama", num_hidden_layers=6))
+    deep = slipstream.report(deep_model)
+    assert deep.graphs == shallow.graphs == 3  # the layers, the embedding, the final norm
+    assert deep.fused("fuse-rms-norm") == 13 and deep.fused("fuse-rope") == 12
+    ids = models.token_batch()
+    graphs = deep.graphs
+    deep_model.generate(ids[:, :4], max_new_tokens=4, do_sample=False)
+    assert deep.graphs - graphs <= 6  # prefill and decode variants, shared by all 6 layers
