@@ -42,7 +42,7 @@ def test_family_fused_and_exact_fp32(family):
     assert got.shape[1] == 5 + 16
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma2", "phi3"])
+@pytest.mark.parametrize("family", models.SPINE_FAMILIES)
 def test_family_bf16_within_tolerance(family):
     opt, ref = _optimized_pair(family, torch.bfloat16)
     ids = models.token_batch(seq=10)
@@ -104,14 +104,13 @@ def test_restore_and_double_optimize():
         slipstream.explain(model)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("family", models.SPINE_FAMILIES)
 def test_peft_lora_trains_like_unoptimized(family):
     from peft import LoraConfig, get_peft_model
 
     def peft_model():
         base = models.build(family)
-        config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, init_lora_weights=False,
-                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, init_lora_weights=False, target_modules="all-linear")
         torch.manual_seed(3)
         return get_peft_model(base, config)
 
