@@ -73,5 +73,10 @@ def warm_up(model: nn.Module, example_inputs: dict | None) -> None:
         device = next(model.parameters()).device
         gen = torch.Generator().manual_seed(0)
         example_inputs = {"input_ids": torch.randint(0, vocab, (2, 8), generator=gen).to(device), "use_cache": False}
-    with torch.random.fork_rng(), torch.no_grad():
-        model(**example_inputs)
+    was_training = model.training
+    model.eval()  # inference variant: no dropout, no gradient checkpointing under no_grad
+    try:
+        with torch.random.fork_rng(), torch.no_grad():
+            model(**example_inputs)
+    finally:
+        model.train(was_training)
