@@ -115,6 +115,8 @@ def set_recompile_budget() -> None:
     """A group compiles one graph per variant (prefill/decode, train/eval, grad/no-grad, layer kinds such as
     sliding vs global attention); make the budget comfortable and fail loudly past it."""
     config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, 64)
-    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 1024)
-    config.fail_on_recompile_limit_hit = True
+    for name, floor in (("recompile_limit", 64), ("accumulated_recompile_limit", 1024)):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), floor))
+    if hasattr(config, "fail_on_recompile_limit_hit"):
+        config.fail_on_recompile_limit_hit = True
