@@ -9,30 +9,31 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidde
               num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
-def _config(family: str):
+def _config(family: str, **overrides):
     import transformers as tf
+    common = {**COMMON, **{k: v for k, v in overrides.items() if k in COMMON}}
     if family == "llama":
-        return tf.LlamaConfig(**COMMON)
+        return tf.LlamaConfig(**common)
     if family == "qwen2":
-        return tf.Qwen2Config(**COMMON)
+        return tf.Qwen2Config(**common)
     if family == "qwen3":
-        return tf.Qwen3Config(**COMMON, head_dim=16)
+        return tf.Qwen3Config(**common, head_dim=16)
     if family == "mistral":
-        return tf.MistralConfig(**COMMON, sliding_window=None)
+        return tf.MistralConfig(**common, sliding_window=None)
     if family == "gemma":
-        return tf.GemmaConfig(**COMMON, head_dim=16)
+        return tf.GemmaConfig(**common, head_dim=16)
     if family == "gemma2":
-        return tf.Gemma2Config(**COMMON, head_dim=16, sliding_window=8, attn_implementation="eager")
+        return tf.Gemma2Config(**common, head_dim=16, sliding_window=8, attn_implementation="eager")
     if family == "gemma3":
-        return tf.Gemma3TextConfig(**COMMON, head_dim=16, sliding_window=8, layer_types=None,
+        return tf.Gemma3TextConfig(**common, head_dim=16, sliding_window=8, layer_types=None,
                                    attn_implementation="eager")
     if family == "phi3":  # partial rotary exercises the rotary/pass-through split
-        return tf.Phi3Config(**COMMON, partial_rotary_factor=0.5)
+        return tf.Phi3Config(**common, partial_rotary_factor=0.5)
     # families the library never names: they must work with no code change
     if family == "granite":
-        return tf.GraniteConfig(**COMMON)
+        return tf.GraniteConfig(**common)
     if family == "olmo2":
-        return tf.Olmo2Config(**COMMON)
+        return tf.Olmo2Config(**common)
     raise ValueError(f"unknown test family {family!r}")
 
 
@@ -41,9 +42,10 @@ UNNAMED_FAMILIES = ("granite", "olmo2")
 
 
 def build(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, **overrides):
-    config = _config(family)
+    config = _config(family, **overrides)
     for k, v in overrides.items():
-        setattr(config, k, v)
+        if k not in COMMON:
+            setattr(config, k, v)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()

@@ -12,6 +12,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from .. import kernels  # noqa: F401  (registers the slipstream:: ops the rewritten graphs call)
+from ..context import CURRENT_UNIT
 from ..debug.report import Report
 from ..frontend import capture
 from ..frontend.units import find_unit_groups
@@ -30,7 +31,7 @@ def attach(model: nn.Module, pipeline: Pipeline, version: str) -> Report:
     def on_graph(unit: str, gm: GraphModule):
         with lock:
             graph_id = report.record(unit, manager.run(gm))
-        forward, current = gm.forward, capture.CURRENT_UNIT
+        forward, current = gm.forward, CURRENT_UNIT
 
         def run(*args):
             report.ran(current.get(), graph_id)

@@ -7,6 +7,7 @@ ran it, and a unit's sites are those of the graphs it ran (a site counts once ho
 """
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -99,18 +100,37 @@ class Report:
         names = [pass_name] if pass_name else list(passes)
         return sorted(k for n in names if n in passes for k in passes[n].rejections)
 
+    def decisions(self) -> list[tuple[str, str, str]]:
+        """Run-time kernel choices of this model's attention sites: (module path, implementation, reason)."""
+        from ..kernels.attention_dispatch import DECISIONS
+        units = set(self.units)
+        return sorted({(_absolute(site, unit), impl, reason) for unit, site, impl, reason in DECISIONS
+                       if unit in units})
+
     def __str__(self) -> str:
         return render(self)
 
 
-def _unit_summary(units: list[str]) -> str:
-    groups: dict[str, list[str]] = defaultdict(list)
-    for u in units:
-        head, _, tail = u.rpartition(".")
-        groups[head if tail.isdigit() else u].append(tail)
-    parts = [f"{g}.[0-{len(t) - 1}]" if len(t) > 1 else (f"{g}.{t[0]}" if t[0].isdigit() else g)
-             for g, t in groups.items()]
-    return ", ".join(p or "<model>" for p in parts)
+def _unit_summary(paths: list[str]) -> str:
+    """`a.layers.0.x, a.layers.1.x, a.norm` -> `a.layers.[0-1].x, a.norm` (one entry per run of layer indices)."""
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    order: list[tuple[str, str]] = []
+    for p in paths:
+        m = re.match(r"^(.*?)\.(\d+)((?:\..*)?)$", p)
+        key = (m.group(1), m.group(3)) if m else (p, None)
+        if key not in groups:
+            order.append(key)
+        groups[key].append(int(m.group(2)) if m else -1)
+    parts = []
+    for head, tail in order:
+        idx = sorted(groups[(head, tail)])
+        if tail is None:
+            parts.append(head or "<model>")
+        elif len(idx) > 1 and idx == list(range(idx[0], idx[-1] + 1)):
+            parts.append(f"{head}.[{idx[0]}-{idx[-1]}]{tail}")
+        else:
+            parts.extend(f"{head}.{i}{tail}" for i in idx)
+    return ", ".join(parts)
 
 
 def render(report: Report) -> str:
@@ -131,4 +151,14 @@ def render(report: Report) -> str:
             lines.append(f"  + {path or '<model>'}: {', '.join(rules_here)}")
         for rule, path, reason in sorted(record.rejections):
             lines.append(f"  ! {path or '<model>'}: refused{'' if rule == '-' else f' ({rule})'}: {reason}")
+        if record.name == "fuse-attention":
+            lines.extend(_decision_lines(report.decisions()))
     return "\n".join(lines)
+
+
+def _decision_lines(decisions: list[tuple[str, str, str]]) -> list[str]:
+    grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for path, impl, reason in decisions:
+        grouped[(impl, reason)].append(path)
+    return [f"  > ran {impl} at {len(paths)} site(s) ({reason}): {_unit_summary(paths)}"
+            for (impl, reason), paths in sorted(grouped.items())]

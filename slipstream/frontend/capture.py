@@ -11,7 +11,6 @@ graph to run under eager autograd. No Inductor is involved.
 """
 from __future__ import annotations
 
-import contextvars
 import functools
 import re
 import types
@@ -21,13 +20,13 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
+from ..context import CURRENT_UNIT
 from .layer_cache import stack_index_attrs, substitute
 
 _ORIGINAL = "_slipstream_original_forward"
 _ROOT = re.compile(r"^L\[[^\]]*\](?:\[\d+\])?(?:\.__self__)?")
 _DICT_KEY = re.compile(r"(?:\._modules)?\[['\"]([^'\"]+)['\"]\]")
 
-CURRENT_UNIT: contextvars.ContextVar[str] = contextvars.ContextVar("slipstream_unit", default="")
 GraphHook = Callable[[str, GraphModule], Callable]  # (unit path, graph) -> the callable that runs it
 
 
@@ -45,6 +44,7 @@ def annotate(gm: GraphModule, unit_path: str) -> None:
         stack = node.meta.get("nn_module_stack") or {}
         rel = relative_path(list(stack.values())[-1][0]) if stack else ""
         node.meta["slipstream_path"] = ".".join(p for p in (unit_path, rel) if p)
+        node.meta["slipstream_unit"] = unit_path
 
 
 def _compiled_entry(call: Callable, on_graph: GraphHook) -> Callable:

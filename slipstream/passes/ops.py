@@ -123,6 +123,8 @@ def _getitem(node: Node):
     if ndim is None:
         return None
     idx = idx if isinstance(idx, tuple) else (idx,)
+    if idx.count(None) == 1 and all(i is None or i == slice(None) for i in idx) and len(idx) == ndim + 1:
+        return (x,), {"unsqueeze": _neg_dim(idx.index(None), ndim + 1)}
     if idx and idx[0] is Ellipsis and len(idx) == 2 and isinstance(idx[1], slice):
         s = idx[1]
         return _slice_params(x, -1, s.start, s.stop, s.step)
@@ -142,6 +144,37 @@ def _unsqueeze(node: Node):
 def _chunk(node: Node):
     x = node.args[0]
     return (x,), {"chunks": _arg(node, 1, "chunks"), "dim": _neg_dim(int(_arg(node, 2, "dim", 0)), _ndim(x))}
+
+
+def _sizes(node: Node):
+    sizes = node.args[1:] if len(node.args) > 2 or not isinstance(_arg(node, 1, "size"), (list, tuple)) \
+        else _arg(node, 1, "size")
+    return (node.args[0],), {"sizes": tuple(sizes)}
+
+
+def _transpose(node: Node):
+    x = node.args[0]
+    nd = _ndim(x)
+    dims = sorted(_neg_dim(int(d), nd) for d in (_arg(node, 1, "dim0"), _arg(node, 2, "dim1")))
+    return (x,), {"dims": tuple(dims)}
+
+
+def _softmax(node: Node):
+    x = node.args[0]
+    return (x,), {"dim": _neg_dim(int(_arg(node, 1, "dim")), _ndim(x)), "dtype": getattr(tensor_meta(node), "dtype",
+                                                                                          None)}
+
+
+def _dropout(node: Node):
+    return (node.args[0],), {"p": _arg(node, 1, "p", 0.5), "training": _arg(node, 2, "training", True)}
+
+
+def _sdpa(node: Node):
+    q, k, v = (_arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
+    names = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    defaults = (None, 0.0, False, None, False)
+    params = {n: _arg(node, 3 + i, n, d) for i, (n, d) in enumerate(zip(names, defaults))}
+    return (q, k, v), params
 
 
 def _linear(node: Node):
@@ -181,6 +214,13 @@ _register("slice", _getitem, (operator.getitem,), ())
 _register("unsqueeze", _unsqueeze, (torch.unsqueeze, aten.unsqueeze.default), ("unsqueeze",))
 _register("chunk", _chunk, (torch.chunk,), ("chunk",))
 _register("linear", _linear, (F.linear, torch._C._nn.linear, aten.linear.default), ())
+_register("matmul", _binary, (torch.matmul, operator.matmul, aten.matmul.default), ("matmul", "__matmul__"))
+_register("transpose", _transpose, (torch.transpose, aten.transpose.int), ("transpose",))
+_register("expand", _sizes, (aten.expand.default,), ("expand",))
+_register("reshape", _sizes, (torch.reshape, aten.reshape.default, aten.view.default), ("reshape", "view"))
+_register("softmax", _softmax, (F.softmax, torch.softmax, aten._softmax.default, aten.softmax.int), ("softmax",))
+_register("dropout", _dropout, (F.dropout, aten.dropout.default), ())
+_register("sdpa", _sdpa, (F.scaled_dot_product_attention, aten.scaled_dot_product_attention.default), ())
 
 
 def view(node: Any) -> OpView | None:
@@ -202,6 +242,8 @@ def view(node: Any) -> OpView | None:
     inputs, params = read
     if name == "slice" and "index" in params:
         name = "getitem"
+    elif name == "slice" and "unsqueeze" in params:
+        name, params = "unsqueeze", {"dim": params["unsqueeze"]}
     return OpView(name, inputs, params)
 
 

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from .base import Pass
+from .fuse_attention import FuseAttention
 from .fuse_rms_norm import FuseRmsNorm
 from .fuse_rope import FuseRope
 from .fuse_swiglu import FuseSwiglu
 
-PASSES: dict[str, type[Pass]] = {p.name: p for p in (FuseRmsNorm, FuseSwiglu, FuseRope)}
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (FuseRmsNorm, FuseSwiglu, FuseRope, FuseAttention)}
 
 # Presets expand to canonical pipeline text. `train` and `default` coincide until attention and LoRA passes land.
 PRESETS: dict[str, str] = {

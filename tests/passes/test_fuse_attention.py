@@ -1,0 +1,117 @@
+"""fuse-attention: fires on every family (sdpa and eager forms), refuses what it must, agrees with eager;
+the run-time mask classification tells causal / padded / window masks from arbitrary ones, exactly."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import models
+import slipstream
+from helpers import assert_agrees, optimize_with
+from slipstream.debug.tolerance import max_rel_error, tolerance
+from slipstream.kernels.attention_dispatch import classify_mask
+
+ALL = "fuse-rms-norm, fuse-swiglu, fuse-rope, fuse-attention"
+
+
+@pytest.mark.parametrize("family", models.SPINE_FAMILIES + models.UNNAMED_FAMILIES)
+def test_fires_on_every_family_and_stays_exact_on_cpu(family):
+    model = models.build(family)
+    reference = copy.deepcopy(model)
+    opt = slipstream.optimize(model, pipeline=ALL)
+    report = slipstream.report(opt)
+    assert report.fused("fuse-attention") == model.config.num_hidden_layers, slipstream.explain(opt)
+    assert report.refusals() == []
+    ids = models.token_batch()
+    opt.train(), reference.train()
+    out, want = opt(input_ids=ids, labels=ids), reference(input_ids=ids, labels=ids)
+    out.loss.backward(), want.loss.backward()
+    assert max_rel_error(out.logits, want.logits) <= tolerance(torch.float32).max_rel
+    for p, q in zip(opt.parameters(), reference.parameters()):
+        assert max_rel_error(p.grad, q.grad) <= tolerance(torch.float32).max_rel
+    impls = {impl for _, impl, _ in report.decisions()}
+    assert impls == {"reference"}  # CPU + impl=auto: the original computation, bit-exact
+    assert "> ran reference at" in slipstream.explain(opt)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3"])
+def test_generate_left_padded_batch_identical(family):
+    model = models.build(family)
+    reference = copy.deepcopy(model)
+    opt = slipstream.optimize(model, pipeline=ALL)
+    ids = models.token_batch(batch=2, seq=9)
+    mask = torch.ones_like(ids)
+    ids[0, :4], mask[0, :4] = 0, 0
+    greedy = dict(attention_mask=mask, max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0)
+    assert torch.equal(opt.generate(ids, **greedy), reference.generate(ids, **greedy))
+
+
+def test_refuses_when_attention_weights_are_returned():
+    model = models.build("gemma2")  # eager attention: the weights exist in the graph
+    reference = copy.deepcopy(model)
+    opt = slipstream.optimize(model, pipeline="fuse-attention")
+    ids = models.token_batch()
+    out = opt(ids, output_attentions=True)
+    want = reference(ids, output_attentions=True)
+    reasons = {reason for _, _, reason in slipstream.report(opt).refusals("fuse-attention")}
+    assert any("attention weights are used outside" in r for r in reasons), reasons
+    for a, b in zip(out.attentions, want.attentions):
+        assert torch.equal(a, b)
+    assert torch.equal(out.logits, want.logits)
+
+
+class MaskedSdpa(nn.Module):
+    def forward(self, q, k, v, mask):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def test_arbitrary_mask_runs_the_reference_with_the_reason():
+    q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
+    mask = torch.rand(1, 1, 5, 5) > 0.3
+    opt, ref, report = optimize_with(MaskedSdpa(), "fuse-attention{impl=fused}", q, k, v, mask)
+    assert report.fused("fuse-attention") == 1
+    [(path, impl, reason)] = report.decisions()
+    assert impl == "reference" and reason.startswith("arbitrary mask")
+    assert_agrees(opt, ref, q, k, v, mask)
+
+
+def _causal(s, t):
+    return torch.arange(t)[None, :] <= torch.arange(t - s, t)[:, None]
+
+
+def test_mask_classification_is_exact():
+    s = t = 6
+    causal = _causal(s, t)[None, None].expand(2, 1, s, t)
+    assert classify_mask(None, True, s, t).kind == "causal"
+    assert classify_mask(None, False, 1, t).kind == "none"
+    assert classify_mask(causal.clone(), False, s, t).kind == "causal"
+    padded = causal.clone()
+    padded[0, :, :, :2] = False  # left padding on row 0
+    info = classify_mask(padded, False, s, t)
+    assert info.kind == "padded" and info.key_padding.tolist()[0] == [False, False, True, True, True, True]
+    window = causal & (torch.arange(t)[None, :] > torch.arange(t)[:, None] - 3)
+    info = classify_mask(window.clone(), False, s, t)
+    assert (info.kind, info.window) == ("window", 3)
+    additive = torch.zeros(2, 1, s, t).masked_fill(~causal, torch.finfo(torch.float32).min)
+    assert classify_mask(additive, False, s, t).kind == "causal"
+    assert classify_mask(torch.ones(2, 1, s, t, dtype=torch.bool), False, s, t).kind == "bidirectional"
+    decode = _causal(1, t)[None, None].expand(2, 1, 1, t).clone()
+    assert classify_mask(decode, False, 1, t).kind == "causal"
+    odd = causal.clone()
+    odd[1, 0, 4, 1] = False  # one hole: not expressible as causal + padding + window
+    assert classify_mask(odd, False, s, t).kind == "arbitrary"
+    scaled = additive.clone()
+    scaled[0, 0, 0, 0] = 0.5
+    assert "values other than 0 and -inf" in classify_mask(scaled, False, s, t).reason
+
+
+def test_mask_classification_is_cached_per_live_mask_object():
+    mask = _causal(4, 4)[None, None].expand(1, 1, 4, 4).clone()
+    first = classify_mask(mask, False, 4, 4)
+    assert classify_mask(mask, False, 4, 4) is first
+    mask[0, 0, 3, 0] = False  # in-place change bumps the version: classified again
+    assert classify_mask(mask, False, 4, 4) is not first
