@@ -81,7 +81,11 @@ def _classify(mask: torch.Tensor, s: int, t: int) -> MaskInfo:
 
 
 def _fused_available() -> bool:
-    return hasattr(torch.ops.slipstream, "attention")
+    try:
+        from . import attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def choose(q: torch.Tensor, info: MaskInfo, impl: str, dropout_p: float, training: bool) -> tuple[str, str]:
@@ -110,9 +114,10 @@ def attention(q, k, v, k_orig, v_orig, mask, *, causal: bool, scale, dropout_p: 
     DECISIONS.add((CURRENT_UNIT.get() or unit, site, choice, reason))
     if choice == "reference":
         return _reference(q, k_orig, v_orig, mask, causal, scale, dropout_p, training, softcap, form)
+    from .attention import attention as fused_attention
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return torch.ops.slipstream.attention(q, k, v, info.key_padding, info.kind in ("causal", "padded", "window"),
-                                          scale, info.window, float(softcap or 0.0))
+    return fused_attention(q, k, v, info.key_padding, info.kind in ("causal", "padded", "window"), scale,
+                           info.window, float(softcap or 0.0))
 
 
 def _reference(q, k, v, mask, causal, scale, dropout_p, training, softcap, form):

@@ -9,8 +9,8 @@ from .fuse_swiglu import FuseSwiglu
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (FuseRmsNorm, FuseSwiglu, FuseRope, FuseAttention)}
 
-# Presets expand to canonical pipeline text. `train` and `default` coincide until attention and LoRA passes land.
+# Presets expand to canonical pipeline text. `train` and `default` coincide until the LoRA passes land.
 PRESETS: dict[str, str] = {
-    "default": "fuse-rms-norm, fuse-swiglu, fuse-rope",
-    "train": "fuse-rms-norm, fuse-swiglu, fuse-rope",
+    "default": "fuse-rms-norm, fuse-swiglu, fuse-rope, fuse-attention",
+    "train": "fuse-rms-norm, fuse-swiglu, fuse-rope, fuse-attention",
 }

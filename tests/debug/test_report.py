@@ -5,13 +5,14 @@ import torch
 
 import models
 import slipstream
+import slipstream.passes
 
 
 def test_explain_lists_sites_rules_and_units():
     opt = slipstream.optimize(models.build("gemma"))
     text = slipstream.explain(opt)
     lines = text.splitlines()
-    assert lines[0] == f"slipstream {slipstream.__version__} · pipeline: fuse-rms-norm, fuse-swiglu, fuse-rope"
+    assert lines[0] == f"slipstream {slipstream.__version__} · pipeline: {slipstream.passes.PRESETS['default']}"
     assert lines[1] == "captured 3 graph(s) serving 4 of 4 unit(s): model.layers.[0-1], model.embed_tokens, model.norm"
     assert "fuse-rms-norm: fused 5 (cast-of-offset-weighted x5) · refused 0" in text
     assert "  + model.layers.1.post_attention_layernorm: cast-of-offset-weighted" in lines

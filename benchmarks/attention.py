@@ -1,0 +1,98 @@
+"""Attention: slipstream's fused kernels vs PyTorch sdpa (GPU), and the CPU dispatch overhead.
+
+    python benchmarks/attention.py            # CUDA: flash kernel vs sdpa (flash backend) and decode bandwidth
+    python benchmarks/attention.py --cpu      # CPU: a tiny model with and without fuse-attention (same run)
+
+GPU: bf16, B=4, Hq=32, Hkv=8, D=128, causal, S in 1024/4096/16384: forward and forward+backward time against
+`scaled_dot_product_attention` measured in the same run, as TFLOP/s next to a measured bf16 matmul peak; decode
+(q length 1 over T=32768) as bandwidth next to the measured copy bandwidth. CPU: the dispatcher must not make the
+model slower than without it (the reference path runs the original computation); the ratio is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def cuda_time(fn, reps: int = 20) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / reps
+
+
+def gpu() -> None:
+    from slipstream.kernels.attention import attention
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    a, b = torch.randn(8192, 8192, **bf), torch.randn(8192, 8192, **bf)
+    peak = 2 * 8192 ** 3 / cuda_time(lambda: a @ b)
+    src = torch.empty(2 ** 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_bw = 2 * src.numel() / cuda_time(lambda: dst.copy_(src))
+    print(f"{torch.cuda.get_device_name()}: bf16 matmul {peak / 1e12:.0f} TFLOP/s, copy {copy_bw / 1e9:.0f} GB/s")
+    b_, hq, hkv, d = 4, 32, 8, 128
+    for s in (1024, 4096, 16384):
+        q = torch.randn(b_, hq, s, d, **bf, requires_grad=True)
+        k, v = (torch.randn(b_, hkv, s, d, **bf, requires_grad=True) for _ in range(2))
+        flops = 4 * b_ * hq * s * s * d / 2  # causal: half the score matrix
+        ours = cuda_time(lambda: attention(q, k, v, causal=True))
+        ref = cuda_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+        g = torch.randn(b_, hq, s, d, **bf)
+        ours_bwd = cuda_time(lambda: attention(q, k, v, causal=True).backward(g))
+        ref_bwd = cuda_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).backward(g))
+        print(f"S={s:>5}: fwd {ours * 1e3:7.2f} ms vs sdpa {ref * 1e3:7.2f} ms ({ref / ours:.2f}x), "
+              f"{flops / ours / 1e12:5.0f} TFLOP/s ({flops / ours / peak:.0%} of peak); "
+              f"fwd+bwd {ours_bwd * 1e3:7.2f} ms vs sdpa {ref_bwd * 1e3:7.2f} ms ({ref_bwd / ours_bwd:.2f}x)")
+    t = 32768
+    q = torch.randn(b_, hq, 1, d, **bf)
+    k, v = (torch.randn(b_, hkv, t, d, **bf) for _ in range(2))
+    dec = cuda_time(lambda: attention(q, k, v, causal=True))
+    kv_bytes = 2 * k.numel() * 2
+    print(f"decode T={t}: {dec * 1e6:.0f} us, {kv_bytes / dec / 1e9:.0f} GB/s ({kv_bytes / dec / copy_bw:.0%} of copy)")
+
+
+def cpu() -> None:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    import slipstream
+    torch.set_num_threads(1)
+    config = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(config).eval()
+    with_attn = slipstream.optimize(copy.deepcopy(base), pipeline="fuse-rms-norm, fuse-swiglu, fuse-rope, fuse-attention")
+    without = slipstream.optimize(copy.deepcopy(base), pipeline="fuse-rms-norm, fuse-swiglu, fuse-rope")
+    ids = torch.randint(0, 256, (2, 256))
+
+    times: dict[str, list[float]] = {"with": [], "without": []}
+    with torch.no_grad():
+        with_attn(ids), without(ids)
+        for _ in range(15):  # interleaved, so load on the machine hits both alike
+            for name, model in (("with", with_attn), ("without", without)):
+                start = time.perf_counter()
+                model(ids)
+                times[name].append(time.perf_counter() - start)
+    a, b = min(times["with"]), min(times["without"])
+    print(f"CPU forward, batch 2 x 256: with fuse-attention {a * 1e3:.2f} ms, without {b * 1e3:.2f} ms, "
+          f"ratio {a / b:.3f} (<= 1.0 means no slowdown)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu", action="store_true")
+    args = parser.parse_args()
+    if args.cpu:
+        cpu()
+    elif torch.cuda.is_available():
+        gpu()
+    else:
+        raise SystemExit("no CUDA device: run on a GPU machine, or pass --cpu for the CPU comparison")
