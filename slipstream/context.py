@@ -5,3 +5,6 @@ import contextvars
 
 # The dotted path of the unit whose forward is running: one captured graph can serve many units (layers).
 CURRENT_UNIT: contextvars.ContextVar[str] = contextvars.ContextVar("slipstream_unit", default="")
+
+# Where the attention dispatcher records (unit, site, implementation, reason): the running model's report.
+DECISIONS: contextvars.ContextVar[set | None] = contextvars.ContextVar("slipstream_decisions", default=None)

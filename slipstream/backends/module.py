@@ -12,7 +12,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from .. import kernels  # noqa: F401  (registers the slipstream:: ops the rewritten graphs call)
-from ..context import CURRENT_UNIT
+from ..context import CURRENT_UNIT, DECISIONS
 from ..debug.report import Report
 from ..frontend import capture
 from ..frontend.units import find_unit_groups
@@ -31,11 +31,15 @@ def attach(model: nn.Module, pipeline: Pipeline, version: str) -> Report:
     def on_graph(unit: str, gm: GraphModule):
         with lock:
             graph_id = report.record(unit, manager.run(gm))
-        forward, current = gm.forward, CURRENT_UNIT
+        forward, log = gm.forward, report.decision_log
 
         def run(*args):
-            report.ran(current.get(), graph_id)
-            return forward(*args)
+            report.ran(CURRENT_UNIT.get(), graph_id)
+            token = DECISIONS.set(log)
+            try:
+                return forward(*args)
+            finally:
+                DECISIONS.reset(token)
         return run
 
     capture.set_recompile_budget()

@@ -58,6 +58,7 @@ class Report:
     graph_records: list[GraphRecord] = field(default_factory=list)
     runs: set = field(default_factory=set)           # (unit, graph id) pairs seen at run time
     seconds: dict = field(default_factory=lambda: defaultdict(float))
+    decision_log: set = field(default_factory=set)   # (unit, site, implementation, reason) from attention dispatch
 
     @property
     def graphs(self) -> int:
@@ -102,10 +103,7 @@ class Report:
 
     def decisions(self) -> list[tuple[str, str, str]]:
         """Run-time kernel choices of this model's attention sites: (module path, implementation, reason)."""
-        from ..kernels.attention_dispatch import DECISIONS
-        units = set(self.units)
-        return sorted({(_absolute(site, unit), impl, reason) for unit, site, impl, reason in DECISIONS
-                       if unit in units})
+        return sorted({(_absolute(site, unit), impl, reason) for unit, site, impl, reason in self.decision_log})
 
     def __str__(self) -> str:
         return render(self)

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..context import CURRENT_UNIT
+from ..context import CURRENT_UNIT, DECISIONS
 
-IMPLS = ("auto", "fused", "reference")
-DECISIONS: set[tuple[str, str, str, str]] = set()   # (unit, site, implementation, reason), read by the report
+IMPLS = ("auto", "triton", "reference")   # triton: the slipstream::attention op (Triton where Triton runs)
 
 
 @dataclass(frozen=True)
@@ -101,8 +100,8 @@ def choose(q: torch.Tensor, info: MaskInfo, impl: str, dropout_p: float, trainin
     if not _fused_available():
         return "reference", "slipstream::attention is not available in this build"
     if impl == "auto" and q.device.type != "cuda":
-        return "reference", "CPU: the original computation is the reference (impl=fused runs the fused op)"
-    return "fused", f"{info.kind} mask"
+        return "reference", "CPU: the original computation is the reference (impl=triton runs the fused op)"
+    return "triton", f"{info.kind} mask"
 
 
 def attention(q, k, v, k_orig, v_orig, mask, *, causal: bool, scale, dropout_p: float, training: bool,
@@ -111,7 +110,9 @@ def attention(q, k, v, k_orig, v_orig, mask, *, causal: bool, scale, dropout_p: 
     s, t = q.shape[-2], k.shape[-2]
     info = classify_mask(mask, causal, s, t)
     choice, reason = choose(q, info, impl, dropout_p, training)
-    DECISIONS.add((CURRENT_UNIT.get() or unit, site, choice, reason))
+    sink = DECISIONS.get()
+    if sink is not None:  # the running model's report
+        sink.add((CURRENT_UNIT.get() or unit, site, choice, reason))
     if choice == "reference":
         return _reference(q, k_orig, v_orig, mask, causal, scale, dropout_p, training, softcap, form)
     from .attention import attention as fused_attention

@@ -1,0 +1,206 @@
+"""Triton attention backward, FlashAttention-2 style (Dao 2023, Alg. 2; the Triton fused-attention tutorial's
+split into a dk/dv kernel over key blocks and a dq kernel over query blocks, so neither needs atomics).
+
+P is recomputed from the saved lse: p = exp(s - lse) (0 for masked keys and for rows with lse = +inf), and with
+delta = rowsum(dO * O) (preprocess kernel): dS = P * (dP - delta), times 1 - tanh^2 under a soft-cap.
+GQA/MQA: a dk/dv program owns one kv head's key block and loops over the Hq/Hkv query heads that share it,
+accumulating in fp32 registers: dk/dv are summed in-kernel, deterministically, with no per-q-head buffer.
+Masks, block ranges and the score units follow triton_attention.py.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from slipstream.kernels.triton_attention import _capped, _dot, _key_range, _visible, last_dim_contiguous
+from slipstream.kernels.triton_attention import pad_mask, precision
+from slipstream.kernels.triton_utils import launch_guard
+
+
+@triton.jit
+def _attn_bwd_delta_kernel(O, DO, DELTA, sob, soh, som, sdb, sdh, sdm, H, S, D,
+                           BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < S) & (offs_d[None, :] < D)
+    o = tl.load(O + b * sob + h * soh + rows[:, None] * som + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + b * sdb + h * sdh + rows[:, None] * sdm + offs_d[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh.to(tl.int64) * S + rows, delta, mask=rows < S)
+
+
+@triton.jit
+def _query_range(start_n, S, T, window, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[lo, hi) of queries that can see any key in [start_n, start_n + BLOCK_N); lo aligned to BLOCK_M."""
+    lo = start_n * 0
+    hi = lo + S
+    if CAUSAL:  # pos = i + T - S >= j
+        lo = tl.maximum(lo, start_n - (T - S))
+        lo = (lo // BLOCK_M) * BLOCK_M
+    if WINDOW:  # j > pos - window  <=>  i < j - (T - S) + window
+        hi = tl.minimum(hi, start_n + BLOCK_N - 1 - (T - S) + window)
+    return lo, hi
+
+
+@triton.jit
+def _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, cols, start_m, S, T, D,
+               qk_scale, softcap, window, kp_ptr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+               SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, PRECISION: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One query block against this program's key block, all in the transposed [keys, queries] layout."""
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < S) & (offs_d[None, :] < D)
+    q = tl.load(q_base + rows[:, None] * sqm + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(do_base + rows[:, None] * sdom + offs_d[None, :], mask=mask, other=0.0)
+    lse = tl.load(lse_base + rows, mask=rows < S, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(delta_base + rows, mask=rows < S, other=0.0)
+    x = _dot(k, tl.trans(q), PRECISION) * qk_scale
+    s = _capped(x, softcap, SOFTCAP)
+    vis = _visible(rows[None, :], cols[:, None], S, T, window, kp_ptr, CAUSAL, WINDOW, HAS_PAD)
+    pt = tl.exp2(tl.where(vis, s * 1.4426950408889634 - lse[None, :], float("-inf")))
+    dv += _dot(pt.to(do.dtype), do, PRECISION)
+    dpt = _dot(v, tl.trans(do), PRECISION)
+    dst = pt * (dpt - delta[None, :])
+    if SOFTCAP:
+        t = s / softcap
+        dst = dst * (1.0 - t * t)
+    dk += _dot(dst.to(q.dtype), q, PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _attn_dkdv_tile(q_base, k_base, v_base, do_base, dk_base, dv_base, lse_base, delta_base, kp_ptr,
+                    sqh, sqm, skn, svn, sdoh, sdom, sdkn, slh, start_n, GROUP, S, T, D, qk_scale, softcap, window,
+                    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr,
+                    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dK/dV of keys [start_n, +BLOCK_N) of one kv head; q/do/lse/delta bases point at its first query head
+    (heads sqh / sdoh / slh apart). dk/dv share the row stride sdkn."""
+    cols = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (cols[:, None] < T) & (offs_d[None, :] < D)
+    k = tl.load(k_base + cols[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + cols[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    lo, hi = _query_range(start_n, S, T, window, CAUSAL, WINDOW, BLOCK_M, BLOCK_N)
+    for g in range(0, GROUP):
+        for start_m in range(lo, hi, BLOCK_M):
+            dk, dv = _dkdv_step(
+                dk, dv, k, v, q_base + g * sqh, do_base + g * sdoh, lse_base + g * slh, delta_base + g * slh,
+                sqm, sdom, cols, start_m, S, T, D, qk_scale, softcap, window, kp_ptr, CAUSAL, WINDOW, SOFTCAP,
+                HAS_PAD, PRECISION, BLOCK_M, BLOCK_D)
+    out = cols[:, None] * sdkn + offs_d[None, :]
+    tl.store(dk_base + out, (dk * qk_scale).to(dk_base.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_base + out, dv.to(dv_base.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, KP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, skpb,
+    H, GROUP, S, T, D, qk_scale, softcap, window,
+    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    bkv = tl.program_id(1)
+    hkv = H // GROUP
+    b = (bkv // hkv).to(tl.int64)
+    kvh = bkv % hkv
+    h0 = kvh * GROUP
+    lse0 = (b * H + h0) * S
+    dkv = bkv.to(tl.int64) * T * D  # dK/dV are contiguous [B, Hkv, T, D]
+    _attn_dkdv_tile(Q + b * sqb + h0 * sqh, K + b * skb + kvh * skh, V + b * svb + kvh * svh,
+                    DO + b * sdob + h0 * sdoh, DK + dkv, DV + dkv, LSE + lse0, DELTA + lse0, KP + b * skpb,
+                    sqh, sqm, skn, svn, sdoh, sdom, D, S, tl.program_id(0) * BLOCK_N, GROUP, S, T, D,
+                    qk_scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+
+
+@triton.jit
+def _attn_dq_tile(q_base, k_base, v_base, do_base, dq_base, lse_base, delta_base, kp_ptr, sqm, skn, svn, sdom,
+                  sdqm, start_m, S, T, D, qk_scale, softcap, window, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+                  SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dQ of query rows [start_m, +BLOCK_M) of one (sequence, head)."""
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < S) & (offs_d[None, :] < D)
+    q = tl.load(q_base + rows[:, None] * sqm + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(do_base + rows[:, None] * sdom + offs_d[None, :], mask=mask, other=0.0)
+    lse = tl.load(lse_base + rows, mask=rows < S, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(delta_base + rows, mask=rows < S, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    lo, hi = _key_range(start_m, S, T, window, CAUSAL, WINDOW, BLOCK_M, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (cols[None, :] < T) & (offs_d[:, None] < D)
+        kt = tl.load(k_base + cols[None, :] * skn + offs_d[:, None], mask=kv_mask, other=0.0)
+        vt = tl.load(v_base + cols[None, :] * svn + offs_d[:, None], mask=kv_mask, other=0.0)
+        s = _capped(_dot(q, kt, PRECISION) * qk_scale, softcap, SOFTCAP)
+        vis = _visible(rows[:, None], cols[None, :], S, T, window, kp_ptr, CAUSAL, WINDOW, HAS_PAD)
+        p = tl.exp2(tl.where(vis, s * 1.4426950408889634 - lse[:, None], float("-inf")))
+        ds = p * (_dot(do, vt, PRECISION) - delta[:, None])
+        if SOFTCAP:
+            t = s / softcap
+            ds = ds * (1.0 - t * t)
+        dq += _dot(ds.to(kt.dtype), tl.trans(kt), PRECISION)
+    tl.store(dq_base + rows[:, None] * sdqm + offs_d[None, :], (dq * qk_scale).to(dq_base.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, KP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, skpb,
+    H, GROUP, S, T, D, qk_scale, softcap, window,
+    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    kvh = h // GROUP
+    row0 = bh.to(tl.int64) * S
+    _attn_dq_tile(Q + b * sqb + h * sqh, K + b * skb + kvh * skh, V + b * svb + kvh * svh, DO + b * sdob + h * sdoh,
+                  DQ + row0 * D, LSE + row0, DELTA + row0, KP + b * skpb, sqm, skn, svn, sdom, D,
+                  tl.program_id(0) * BLOCK_M, S, T, D, qk_scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_PAD,
+                  PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+
+
+def _bwd_config(block_d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dk/dv kernel; the dq kernel swaps M and N (tutorial)."""
+    if block_d > 128 or dtype == torch.float32:
+        return (16, 32, 4, 2) if block_d > 128 else (32, 32, 4, 2)
+    return (32, 64, 4 if block_d <= 64 else 8, 3)
+
+
+def flash_backward(grad, q, k, v, out, lse, key_padding, causal: bool, scale: float, window: int, softcap: float):
+    """(dq, dk, dv), contiguous, in q/k/v's dtypes; lse is the forward's fp32 [B, Hq, S]."""
+    grad, q, k, v, out = (last_dim_contiguous(t) for t in (grad, q, k, v, out))
+    lse = lse.contiguous()
+    b, hq, s, d = q.shape
+    hkv, t_len = k.shape[1], k.shape[2]
+    dq = torch.empty((b, hq, s, d), dtype=q.dtype, device=q.device)
+    dk = torch.empty((b, hkv, t_len, d), dtype=k.dtype, device=k.device)
+    dv = torch.empty((b, hkv, t_len, d), dtype=v.dtype, device=v.device)
+    if q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    kp, skpb = pad_mask(key_padding, q)
+    block_d = max(16, triton.next_power_of_2(d))
+    block_m, block_n, warps, stages = _bwd_config(block_d, q.dtype)
+    delta = torch.empty((b, hq, s), dtype=torch.float32, device=q.device)
+    flags = dict(CAUSAL=causal, WINDOW=window > 0, SOFTCAP=softcap > 0, HAS_PAD=key_padding is not None,
+                 PRECISION=precision(q), BLOCK_D=block_d, num_warps=warps, num_stages=stages)
+    common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad.stride()[:3], skpb,
+              hq, hq // hkv, s, t_len, d, scale, softcap, window)
+    with launch_guard(_attn_bwd_dkdv_kernel, q):
+        _attn_bwd_delta_kernel[(triton.cdiv(s, 64), b * hq)](
+            out, grad, delta, *out.stride()[:3], *grad.stride()[:3], hq, s, d, BLOCK_M=64, BLOCK_D=block_d)
+        _attn_bwd_dkdv_kernel[(triton.cdiv(t_len, block_n), b * hkv)](
+            q, k, v, grad, lse, delta, dk, dv, kp, *common, BLOCK_M=block_m, BLOCK_N=block_n, **flags)
+        _attn_bwd_dq_kernel[(triton.cdiv(s, block_n), b * hq)](
+            q, k, v, grad, lse, delta, dq, kp, *common, BLOCK_M=block_n, BLOCK_N=block_m, **flags)
+    return dq, dk, dv

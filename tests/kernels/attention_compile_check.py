@@ -1,0 +1,98 @@
+"""Compile the attention kernels for sm_90 (no GPU needed), as cuda_compile_check.py does for the other kernels,
+and check each compiled configuration fits an H100's shared memory (227 KB per block).
+
+Run as a script WITHOUT TRITON_INTERPRET (`[arch] [--all]`); exits 77 when this triton has no CUDA backend.
+"""
+import os
+import sys
+
+import torch
+
+import cuda_compile_check as ccc
+
+H100_SMEM = 232448
+ccc._TYPES.setdefault(torch.int8, "i8")  # the key-padding mask the wrappers pass
+ccc._TYPES.setdefault(torch.int32, "i32")  # cu_seqlens
+
+
+class _Recorder(ccc._Recorder):
+    """Also honours num_stages and records each kernel's shared memory."""
+
+    def _compile(self, *args, num_warps: int = 4, num_stages: int = 3, **kwargs) -> None:
+        import triton
+        from triton.compiler import ASTSource
+
+        bound = dict(zip(self.fn.arg_names, args), **kwargs)
+        signature = {p.name: "constexpr" if p.is_constexpr else ccc._arg_type(bound[p.name]) for p in self.fn.params}
+        constexprs = {p.name: bound[p.name] for p in self.fn.params if p.is_constexpr}
+        options = {"num_warps": num_warps, "num_stages": num_stages}
+        kernel = triton.compile(ASTSource(self.fn, signature, constexprs), target=self.target, options=options)
+        shared = kernel.metadata.shared
+        self.compiled.append((f"{self.fn.__name__} {constexprs} warps={num_warps} stages={num_stages}", shared))
+
+
+# (dtype, head_dim, both option variants?, varlen too?). By default every tile config of _fwd_config/_bwd_config
+# once, the option flags on the common bf16 configs, varlen once (about 1.5 minutes); `--all` compiles every
+# combination (about 5 minutes).
+_DEFAULT = (
+    (torch.bfloat16, 64, True, False), (torch.bfloat16, 80, True, True), (torch.bfloat16, 256, False, False),
+    (torch.float16, 128, False, False), (torch.float32, 64, False, False),
+)
+_ALL = tuple((dtype, d, True, True) for dtype in (torch.bfloat16, torch.float16, torch.float32)
+             for d in (64, 80, 96, 128, 256))
+
+
+def _calls(configs):
+    from slipstream.kernels import triton_attention as fwd
+    from slipstream.kernels import triton_attention_bwd as bwd
+    from slipstream.kernels import triton_attention_varlen as var
+
+    meta = ccc._meta
+    kp = torch.empty(2, 300, dtype=torch.bool, device="meta")
+    for dtype, d, variants, varlen in configs:
+        q, k = meta(2, 8, 300, d, dtype=dtype), meta(2, 2, 300, d, dtype=dtype)
+        lse = meta(2, 8, 300, dtype=torch.float32)
+        options = ((True, -1, 0.0, None), (False, 128, 50.0, kp)) if variants else ((True, 128, 50.0, kp),)
+        for causal, window, softcap, pad in options:
+            opts = (pad, causal, d**-0.5, window, softcap)
+            yield lambda q=q, k=k, o=opts: fwd.flash_forward(q, k, k, *o)
+            yield lambda q=q, k=k, o=opts: fwd.decode_forward(q[:, :, :4], k, k, *o)
+            yield lambda q=q, k=k, lse=lse, o=opts: bwd.flash_backward(q, q, k, k, q, lse, *o)
+            if varlen:
+                packed_q, packed_k, cu = q[0].transpose(0, 1), k[0].transpose(0, 1), meta(3, dtype=torch.int32)
+                var_opts = (cu, cu, 200, 200, *opts[1:])
+                yield lambda q=packed_q, k=packed_k, o=var_opts: var.varlen_forward(q, k, k, *o)
+                yield lambda q=packed_q, k=packed_k, lse=lse[0], o=var_opts: var.varlen_backward(
+                    q, q, k, k, q, lse, *o)
+
+
+def main(arch: int = 90, every: bool = False) -> int:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("run without TRITON_INTERPRET", file=sys.stderr)
+        return 2
+    from triton.backends import backends
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.jit import JITFunction
+
+    if "nvidia" not in backends:
+        return 77
+    from slipstream.kernels import triton_attention, triton_attention_bwd, triton_attention_varlen
+
+    compiled: list = []
+    target = GPUTarget("cuda", arch, 32)
+    for module in (triton_attention, triton_attention_bwd, triton_attention_varlen):
+        for name, value in list(vars(module).items()):
+            if isinstance(value, JITFunction) and name.endswith("_kernel"):
+                setattr(module, name, _Recorder(value, target, compiled))
+    for call in _calls(_ALL if every else _DEFAULT):
+        call()
+    too_big = [(what, shared) for what, shared in compiled if shared > H100_SMEM]
+    print(f"compiled {len(compiled)} attention kernels for sm_{arch}; largest shared memory "
+          f"{max(s for _, s in compiled)} bytes")
+    for what, shared in too_big:
+        print(f"exceeds H100 shared memory ({shared} > {H100_SMEM}): {what}", file=sys.stderr)
+    return 1 if too_big else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*(int(a) for a in sys.argv[1:] if a != "--all"), every="--all" in sys.argv))
