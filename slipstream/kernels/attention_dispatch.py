@@ -104,6 +104,13 @@ def choose(q: torch.Tensor, info: MaskInfo, impl: str, dropout_p: float, trainin
     return "triton", f"{info.kind} mask"
 
 
+def kernel_name(q: torch.Tensor, k: torch.Tensor) -> str:
+    """What slipstream::attention will run for these shapes: flash, decode, or its PyTorch reference."""
+    from .attention import select_attention_kernel
+    kernel = select_attention_kernel(q, k)
+    return "op-reference (no Triton for this device/dtype/head_dim)" if kernel == "reference" else kernel
+
+
 def attention(q, k, v, k_orig, v_orig, mask, *, causal: bool, scale, dropout_p: float, training: bool,
               softcap: float, form: str, impl: str, site: str, unit: str = ""):
     """q [B,Hq,S,D]; k, v [B,Hkv,T,D] (before any repeat_kv); k_orig/v_orig as the original code used them."""
@@ -112,7 +119,8 @@ def attention(q, k, v, k_orig, v_orig, mask, *, causal: bool, scale, dropout_p: 
     choice, reason = choose(q, info, impl, dropout_p, training)
     sink = DECISIONS.get()
     if sink is not None:  # the running model's report
-        sink.add((CURRENT_UNIT.get() or unit, site, choice, reason))
+        label = "reference" if choice == "reference" else kernel_name(q, k)
+        sink.add((CURRENT_UNIT.get() or unit, site, label, reason))
     if choice == "reference":
         return _reference(q, k_orig, v_orig, mask, causal, scale, dropout_p, training, softcap, form)
     from .attention import attention as fused_attention

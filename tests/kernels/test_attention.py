@@ -19,6 +19,7 @@ CASES = {
     "causal_17": ((2, 2, 2, 17, 17, 64), dict(causal=True)),
     "gqa2_noncausal_17": ((1, 4, 2, 17, 17, 64), dict(causal=False)),
     "gqa4_128_d80": ((1, 8, 2, 128, 128, 80), dict(causal=True)),
+    "gqa8_17": ((1, 16, 2, 17, 17, 64), dict(causal=True)),
     "mqa_d128": ((1, 4, 1, 33, 33, 128), dict(causal=True)),
     "gqa2_d256": ((1, 2, 1, 20, 20, 256), dict(causal=True)),
     "seq_1": ((2, 2, 1, 1, 1, 64), dict(causal=True)),

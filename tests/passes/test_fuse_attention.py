@@ -142,7 +142,7 @@ def test_fused_kernels_agree_in_a_model(family):
     assert max_rel_error(out.logits[mask.bool()], want.logits[mask.bool()]) <= tol
     for (name, p), q in zip(opt.named_parameters(), reference.parameters()):
         assert max_rel_error(p.grad, q.grad) <= tol, name
-    kinds = {reason for _, impl, reason in slipstream.report(opt).decisions() if impl == "triton"}
+    kinds = {reason for _, impl, reason in slipstream.report(opt).decisions() if impl in ("flash", "decode")}
     assert "padded mask" in kinds or "window mask" in kinds, kinds
 
 
@@ -152,8 +152,8 @@ def test_fused_decode_in_generate():
 
     model = models.build("qwen3")
     reference = copy.deepcopy(model)
-    opt = slipstream.optimize(model, pipeline="fuse-attention{impl=triton}")
-    ids = models.token_batch(batch=1, seq=6)
+    opt = slipstream.optimize(model, pipeline="fuse-attention{impl=triton}", warmup=False)
+    ids = models.token_batch(batch=1, seq=125)  # decode steps reach T >= 128 keys: the split-K decode kernel
     greedy = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, output_logits=True,
                   return_dict_in_generate=True)
     with force_triton_on_cpu():
@@ -162,4 +162,4 @@ def test_fused_decode_in_generate():
     assert torch.equal(got.sequences, want.sequences)
     for a, b in zip(got.logits, want.logits):
         assert max_rel_error(a, b) <= tolerance(torch.float32).max_rel
-    assert all(impl == "triton" for _, impl, _ in slipstream.report(opt).decisions())
+    assert {impl for _, impl, _ in slipstream.report(opt).decisions()} == {"flash", "decode"}  # prefill, decode
