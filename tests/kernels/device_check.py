@@ -1,0 +1,106 @@
+"""Run every Triton kernel on one device against float64 references: the check a GPU session runs.
+
+    python tests/kernels/device_check.py --device cuda            # on a GPU machine (TRITON_INTERPRET unset)
+    TRITON_INTERPRET=1 python tests/kernels/device_check.py --device cpu   # the same code under the interpreter
+
+CI runs the CPU form (tests/kernels/test_device_check.py) so the script itself is known to work; the `gpu` mark
+runs the CUDA form in a fresh process (the pytest process has TRITON_INTERPRET=1 set for the CPU kernel tests).
+Exit code 0 when every check is within the tolerance table, 1 otherwise; one line per check.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from attention_testing import f64_oracle  # noqa: E402
+
+import slipstream.kernels as K  # noqa: E402
+from slipstream.debug.tolerance import max_rel_error, tolerance  # noqa: E402
+
+
+def _grads(out, inputs, go):
+    outs = out if isinstance(out, tuple) else (out,)
+    gos = go if isinstance(go, tuple) else (go,)
+    return torch.autograd.grad(outs, inputs, gos)
+
+
+def _compare(name, fn, oracle, inputs, dtype) -> bool:
+    """fn(*inputs) vs oracle(*inputs in float64): outputs and grads of the first two inputs (the activations;
+    rope's cos/sin and attention's v are inputs too, v is differentiated as well), max relative error."""
+    n_diff = 3 if name.startswith("attention") else 2
+    xs = [x.detach().clone().requires_grad_(i < n_diff) for i, x in enumerate(inputs)]
+    refs = [x.detach().double().requires_grad_(i < n_diff) for i, x in enumerate(inputs)]
+    out, want = fn(*xs), oracle(*refs)
+    outs, wants = (out if isinstance(out, tuple) else (out,)), (want if isinstance(want, tuple) else (want,))
+    gos = tuple(torch.randn_like(w) for w in wants)
+    diff = [x for x in xs if x.requires_grad]
+    got = _grads(outs, diff, tuple(g.to(o.dtype) for g, o in zip(gos, outs)))
+    exp = _grads(wants, [r for r in refs if r.requires_grad], gos)
+    errors = [max_rel_error(a, b) for a, b in zip(list(outs) + list(got), list(wants) + list(exp))]
+    ok = max(errors) <= tolerance(dtype).max_rel
+    print(f"{'ok ' if ok else 'BAD'} {name:<34} {str(dtype):<15} max rel err {max(errors):.2e}")
+    return ok
+
+
+def _rms_oracle(x, w):
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+def _rope_oracle(q, k, cos, sin):
+    def rot(x):
+        h = x.shape[-1] // 2
+        return torch.cat((-x[..., h:], x[..., :h]), -1)
+    c, s = cos[:, None], sin[:, None]
+    return q * c + rot(q) * s, k * c + rot(k) * s
+
+
+def checks(device: str, small: bool):
+    rows, hidden, s, t = (37, 97, 17, 150) if small else (4096, 4096, 1024, 4096)
+    for dtype in (torch.float32, torch.bfloat16):
+        r = dict(device=device, dtype=dtype)
+        yield "rms_norm", lambda x, w: K.rms_norm(x, w, 1e-6), _rms_oracle, (
+            torch.randn(rows, hidden, **r), torch.randn(hidden, **r) + 1), dtype
+        g, u = torch.randn(rows, hidden, **r), torch.randn(rows, hidden, **r)
+        yield "swiglu", K.swiglu, lambda a, b: torch.nn.functional.silu(a) * b, (g, u), dtype
+        yield "geglu-tanh", lambda a, b: K.geglu(a, b, "tanh"), \
+            lambda a, b: torch.nn.functional.gelu(a, approximate="tanh") * b, (g, u), dtype
+        ang = torch.randn(2, s, 32, device=device).repeat(1, 1, 2)
+        yield "rope", K.rope, _rope_oracle, (torch.randn(2, 4, s, 64, **r), torch.randn(2, 2, s, 64, **r),
+                                             ang.cos().to(dtype), ang.sin().to(dtype)), dtype
+        for label, (sq, tk, kw) in {"attention causal gqa": (s, s, {}),
+                                    "attention window softcap": (s, s, dict(window=7, softcap=2.0)),
+                                    "attention decode": (1, t, {})}.items():
+            q, k, v = torch.randn(2, 8, sq, 64, **r), torch.randn(2, 2, tk, 64, **r), torch.randn(2, 2, tk, 64, **r)
+            scale = 64 ** -0.5
+            yield label, (lambda q, k, v, kw=kw: K.attention(q, k, v, causal=True, scale=scale, **kw)), \
+                (lambda q, k, v, kw=kw: f64_oracle(q, k, v, None, True, scale, **kw)), (q, k, v), dtype
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    if args.device == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            raise SystemExit("--device cpu runs the kernels under the interpreter: set TRITON_INTERPRET=1")
+        ctx = K.force_triton_on_cpu()
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device")
+        ctx = contextlib.nullcontext()
+        print(torch.cuda.get_device_name(), torch.__version__)
+    with ctx:
+        results = [_compare(name, fn, oracle, inputs, dtype)
+                   for name, fn, oracle, inputs, dtype in checks(args.device, small=args.device == "cpu")]
+    print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
