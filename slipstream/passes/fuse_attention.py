@@ -17,7 +17,7 @@ from torch.fx import Graph, Node
 
 from ..kernels import attention_dispatch
 from .base import Pass, PassOptions, Rule
-from .checks import dtype_supported, first_reason, same_size, scalar
+from .checks import dtype_supported, first_reason, same_size
 from .ops import module_path, tensor_meta, view
 from .pattern import Lit, Match, Op, Var
 
@@ -26,7 +26,11 @@ Q, K, V = Var("q"), Var("k"), Var("v")
 
 @dataclass(frozen=True)
 class FuseAttentionOptions(PassOptions):
-    impl: str = "auto"      # auto | fused | reference: what the run-time selection may pick
+    impl: str = "auto"      # auto | triton | reference: what the run-time selection may pick
+
+    def __post_init__(self):
+        if self.impl not in attention_dispatch.IMPLS:
+            raise ValueError(f"impl must be one of {', '.join(attention_dispatch.IMPLS)}, not {self.impl!r}")
 
 
 def strip_repeat_kv(x: Node) -> Node:
@@ -68,10 +72,10 @@ def _check(m: Match) -> str | None:
 def _same_scalar(a, b) -> bool:
     if a is b:
         return True
-    va, vb = view(a) if isinstance(a, Node) else None, None
-    if isinstance(a, Node) and isinstance(b, Node) and a.op == b.op == "call_method" and a.target == "item":
-        return a.args[0] is b.args[0]  # dynamo reads the same attribute twice: two .item() of one input
-    return va is None and vb is None and scalar(a) == scalar(b)
+    if isinstance(a, Node) and isinstance(b, Node):
+        # dynamo reads the same module attribute twice: two `.item()` calls on one graph input
+        return a.op == b.op == "call_method" and a.target == b.target == "item" and a.args[0] is b.args[0]
+    return not isinstance(a, Node) and not isinstance(b, Node) and a == b
 
 
 class FuseAttention(Pass):
@@ -81,8 +85,6 @@ class FuseAttention(Pass):
     summary = "sdpa / eager softmax(q k^T) v (GQA, soft-cap, masks) -> slipstream attention with run-time dispatch"
 
     def rules(self) -> list[Rule]:
-        if self.options.impl not in attention_dispatch.IMPLS:
-            raise ValueError(f"fuse-attention: impl={self.options.impl!r}; valid: {', '.join(attention_dispatch.IMPLS)}")
         sdpa = Op("sdpa", Q, K, V, attn_mask=Var("mask"), dropout_p=Lit("dropout_p"), is_causal=Var("causal"),
                   scale=Var("scale"), enable_gqa=Var("enable_gqa"))
         scores = Op("mul", Op("matmul", Q, Op("transpose", K, dims=(-2, -1))), Lit("scale"))

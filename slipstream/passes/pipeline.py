@@ -125,7 +125,10 @@ class _Parser:
                     self.fail(open_pos, f"unbalanced braces: '{{' after '{name}' is never closed")
                 self.option(name, options, values)
             self.take()
-        return PassSpec(name, options(**values))
+        try:
+            return PassSpec(name, options(**values))
+        except ValueError as e:  # an option's own validation (e.g. a value outside its choices)
+            self.fail(pos, f"bad options for '{name}': {e}")
 
     def option(self, pass_name: str, options: type, values: dict) -> None:
         kind, key, pos = self.take()

@@ -49,6 +49,7 @@ def test_presets_expand():
     ("fuse-rms-norm fuse-rope", "expected ',' between passes"),
     ("", "empty pipeline text"),
     ("fuse-rope{include}", "option 'include' needs a value"),
+    ("fuse-attention{impl=flash}", "impl must be one of auto, triton, reference, not 'flash'"),
 ])
 def test_errors_name_the_problem(text, message):
     with pytest.raises(PipelineError) as err:
