@@ -3,7 +3,6 @@ and check each compiled configuration fits an H100's shared memory (227 KB per b
 
 Run as a script WITHOUT TRITON_INTERPRET (`[arch] [--all]`); exits 77 when this triton has no CUDA backend.
 """
-import os
 import sys
 
 import torch
@@ -16,19 +15,10 @@ ccc._TYPES.setdefault(torch.int32, "i32")  # cu_seqlens
 
 
 class _Recorder(ccc._Recorder):
-    """Also honours num_stages and records each kernel's shared memory."""
+    """Also records each kernel's shared memory."""
 
-    def _compile(self, *args, num_warps: int = 4, num_stages: int = 3, **kwargs) -> None:
-        import triton
-        from triton.compiler import ASTSource
-
-        bound = dict(zip(self.fn.arg_names, args), **kwargs)
-        signature = {p.name: "constexpr" if p.is_constexpr else ccc._arg_type(bound[p.name]) for p in self.fn.params}
-        constexprs = {p.name: bound[p.name] for p in self.fn.params if p.is_constexpr}
-        options = {"num_warps": num_warps, "num_stages": num_stages}
-        kernel = triton.compile(ASTSource(self.fn, signature, constexprs), target=self.target, options=options)
-        shared = kernel.metadata.shared
-        self.compiled.append((f"{self.fn.__name__} {constexprs} warps={num_warps} stages={num_stages}", shared))
+    def record(self, kernel, what: str) -> None:
+        self.compiled.append((what, kernel.metadata.shared))
 
 
 # (dtype, head_dim, both option variants?, varlen too?). By default every tile config of _fwd_config/_bwd_config
@@ -67,25 +57,12 @@ def _calls(configs):
 
 
 def main(arch: int = 90, every: bool = False) -> int:
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("run without TRITON_INTERPRET", file=sys.stderr)
-        return 2
-    from triton.backends import backends
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime.jit import JITFunction
-
-    if "nvidia" not in backends:
-        return 77
     from slipstream.kernels import triton_attention, triton_attention_bwd, triton_attention_varlen
 
-    compiled: list = []
-    target = GPUTarget("cuda", arch, 32)
-    for module in (triton_attention, triton_attention_bwd, triton_attention_varlen):
-        for name, value in list(vars(module).items()):
-            if isinstance(value, JITFunction) and name.endswith("_kernel"):
-                setattr(module, name, _Recorder(value, target, compiled))
-    for call in _calls(_ALL if every else _DEFAULT):
-        call()
+    compiled = ccc.compile_with((triton_attention, triton_attention_bwd, triton_attention_varlen),
+                                _calls(_ALL if every else _DEFAULT), arch, _Recorder)
+    if isinstance(compiled, int):
+        return compiled
     too_big = [(what, shared) for what, shared in compiled if shared > H100_SMEM]
     print(f"compiled {len(compiled)} attention kernels for sm_{arch}; largest shared memory "
           f"{max(s for _, s in compiled)} bytes")

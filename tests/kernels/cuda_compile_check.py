@@ -34,7 +34,8 @@ class _Recorder:
     def __getitem__(self, grid):
         return self._compile
 
-    def _compile(self, *args, num_warps: int = 4, enable_fp_fusion: bool = True, **kwargs) -> None:
+    def _compile(self, *args, num_warps: int = 4, num_stages: int | None = None, enable_fp_fusion: bool = True,
+                 **kwargs) -> None:
         import triton
         from triton.compiler import ASTSource
 
@@ -42,8 +43,37 @@ class _Recorder:
         signature = {p.name: "constexpr" if p.is_constexpr else _arg_type(bound[p.name]) for p in self.fn.params}
         constexprs = {p.name: bound[p.name] for p in self.fn.params if p.is_constexpr}
         options = {"num_warps": num_warps, "enable_fp_fusion": enable_fp_fusion}
-        triton.compile(ASTSource(self.fn, signature, constexprs), target=self.target, options=options)
-        self.compiled.append(f"{self.fn.__name__} {constexprs} warps={num_warps}")
+        if num_stages is not None:
+            options["num_stages"] = num_stages
+        kernel = triton.compile(ASTSource(self.fn, signature, constexprs), target=self.target, options=options)
+        self.record(kernel, f"{self.fn.__name__} {constexprs} warps={num_warps}"
+                            + (f" stages={num_stages}" if num_stages is not None else ""))
+
+    def record(self, kernel, what: str) -> None:
+        self.compiled.append(what)
+
+
+def compile_with(modules, calls, arch: int, recorder=_Recorder) -> list | int:
+    """Swap every `*_kernel` JITFunction of `modules` for `recorder`, run `calls`, return what was recorded;
+    an int exit code instead when this process cannot compile (TRITON_INTERPRET set: 2, no CUDA backend: 77)."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("run without TRITON_INTERPRET", file=sys.stderr)
+        return 2
+    from triton.backends import backends
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.jit import JITFunction
+
+    if "nvidia" not in backends:
+        return 77
+    compiled: list = []
+    target = GPUTarget("cuda", arch, 32)
+    for module in modules:
+        for name, value in list(vars(module).items()):
+            if isinstance(value, JITFunction) and name.endswith("_kernel"):
+                setattr(module, name, recorder(value, target, compiled))
+    for call in calls:
+        call()
+    return compiled
 
 
 def _meta(*shape: int, dtype=torch.bfloat16) -> torch.Tensor:
@@ -75,26 +105,13 @@ def _calls():
 
 
 def main(arch: int = 90) -> int:
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("run without TRITON_INTERPRET", file=sys.stderr)
-        return 2
     import triton
-    from triton.backends import backends
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime.jit import JITFunction
 
-    if "nvidia" not in backends:
-        return 77
     from slipstream.kernels import triton_rms_norm, triton_rope, triton_swiglu
 
-    compiled: list = []
-    target = GPUTarget("cuda", arch, 32)
-    for module in (triton_rms_norm, triton_rope, triton_swiglu):
-        for name, value in list(vars(module).items()):
-            if isinstance(value, JITFunction) and name.endswith("_kernel"):
-                setattr(module, name, _Recorder(value, target, compiled))
-    for call in _calls():
-        call()
+    compiled = compile_with((triton_rms_norm, triton_rope, triton_swiglu), _calls(), arch)
+    if isinstance(compiled, int):
+        return compiled
     print(f"triton {triton.__version__}: compiled for sm_{arch}:", *compiled, sep="\n  ")
     return 0
 
