@@ -9,8 +9,10 @@ override), and the layer's index attribute equals its position in the stack (che
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -25,12 +27,15 @@ class LayerCacheView:
         return self.layer.update(key_states, value_states, cache_kwargs)
 
 
+@functools.cache
+def _cache_base() -> type:
+    from transformers.cache_utils import Cache  # imported once, on the first layer call, not on every one
+    return Cache
+
+
 def viewable(cache: Any) -> bool:
-    try:
-        from transformers.cache_utils import Cache
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return False
-    return (isinstance(cache, Cache) and type(cache).update is Cache.update and not getattr(cache, "offloading", True)
+    base = _cache_base()
+    return (isinstance(cache, base) and type(cache).update is base.update and not getattr(cache, "offloading", True)
             and hasattr(cache, "layers"))
 
 
@@ -59,17 +64,17 @@ def substitute(args: tuple, kwargs: dict, index: int, view: bool) -> tuple[tuple
 
     def swap(value: Any) -> Any:
         nonlocal stateful
+        if _plain(value):  # most arguments: tensors, numbers, None
+            return value
         if view and viewable(value):
             return LayerCacheView(value, index)
-        if not _plain(value):
-            stateful = True
+        stateful = True
         return value
 
     return tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()}, stateful
 
 
 def _plain(value: Any) -> bool:
-    import torch
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor, torch.dtype, torch.device)):
         return True
     if isinstance(value, (tuple, list)):

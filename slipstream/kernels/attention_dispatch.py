@@ -11,6 +11,7 @@ Hugging Face builds it outside the layer. So each call
 """
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ def _classify(mask: torch.Tensor, s: int, t: int) -> MaskInfo:
     return MaskInfo("arbitrary", None, -1, "not causal, padding or sliding-window")
 
 
+@functools.cache
 def _fused_available() -> bool:
     try:
         from . import attention  # noqa: F401

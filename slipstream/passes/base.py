@@ -16,9 +16,6 @@ from torch.fx import Graph, Node
 from .ops import module_path, view
 from .pattern import Match, Pattern, is_metadata_assert, match, outside_users
 
-SUPPORTED_DTYPES_TEXT = "float32, float16, bfloat16"
-
-
 @dataclass(frozen=True)
 class Rule:
     name: str
@@ -133,14 +130,19 @@ class Pass:
             with graph.inserting_before(m.root):
                 new = rule.replace(graph, m)
             tag_new_nodes(anchor, m.root, f"{self.name}:{rule.name}", module_path(m.root))
-            replace_root(m, new)
-            erase_matched(graph, m.nodes)
-            stats.matches.append((rule.name, module_path(m.root)))
+            commit(graph, m, new, rule.name, stats)
 
 
 def _is(node: Node, op_names: tuple[str, ...]) -> bool:
     v = view(node)
     return v is not None and v.name in op_names
+
+
+def commit(graph: Graph, m: Match, new: Node, rule: str, stats: PassStats) -> None:
+    """Swap the match's root for `new`, erase what became dead, count the match."""
+    replace_root(m, new)
+    erase_matched(graph, m.nodes)
+    stats.matches.append((rule, module_path(m.root)))
 
 
 def replace_root(m: Match, new: Node) -> None:

@@ -11,7 +11,7 @@ import operator
 import torch
 from torch.fx import Graph, Node
 
-from .base import Pass, PassStats, Rule, erase_matched, replace_root, tag_new_nodes
+from .base import Pass, PassStats, Rule, commit, tag_new_nodes
 from .checks import dtype_supported, first_reason, same_size, scalar
 from .ops import module_path, tensor_meta, view
 from .pattern import Match, Op, Var
@@ -105,9 +105,7 @@ class FuseRope(Pass):
         label = "+".join(rule.name for rule, _ in pair)
         tag_new_nodes(anchor, first, f"{self.name}:{label}", module_path(first))
         for (rule, m), out in zip(pair, outs):
-            replace_root(m, out)
-            erase_matched(graph, m.nodes)
-            stats.matches.append((rule.name, module_path(m.root)))
+            commit(graph, m, out, rule.name, stats)
 
 
 def _to_bhsd(graph: Graph, x: Node, heads_dim: int) -> Node:
