@@ -3,8 +3,10 @@
     python benchmarks/attention.py            # CUDA: flash kernel vs sdpa (flash backend) and decode bandwidth
     python benchmarks/attention.py --cpu      # CPU: a tiny model with and without fuse-attention (same run)
 
-GPU: bf16, B=4, Hq=32, Hkv=8, D=128, causal, S in 1024/4096/16384: forward and forward+backward time against
-`scaled_dot_product_attention` measured in the same run, as TFLOP/s next to a measured bf16 matmul peak; decode
+GPU: bf16, B=4, Hq=32, Hkv=8, D=128, causal, S in 1024/4096/16384: forward and backward (fwd+bwd minus fwd) time
+against `scaled_dot_product_attention` with its flash backend measured in the same run (and torch's default pick,
+cuDNN on Hopper, for reference), as TFLOP/s next to a measured bf16 matmul peak (backward counted as 2.5x the
+forward's FLOPs); decode
 (q length 1 over T=32768) as bandwidth next to the measured copy bandwidth. CPU: the dispatcher must not make the
 model slower than without it (the reference path runs the original computation); the ratio is printed.
 """
@@ -39,19 +41,32 @@ def gpu() -> None:
     dst = torch.empty_like(src)
     copy_bw = 2 * src.numel() / cuda_time(lambda: dst.copy_(src))
     print(f"{torch.cuda.get_device_name()}: bf16 matmul {peak / 1e12:.0f} TFLOP/s, copy {copy_bw / 1e9:.0f} GB/s")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     b_, hq, hkv, d = 4, 32, 8, 128
     for s in (1024, 4096, 16384):
         q = torch.randn(b_, hq, s, d, **bf, requires_grad=True)
         k, v = (torch.randn(b_, hkv, s, d, **bf, requires_grad=True) for _ in range(2))
-        flops = 4 * b_ * hq * s * s * d / 2  # causal: half the score matrix
-        ours = cuda_time(lambda: attention(q, k, v, causal=True))
-        ref = cuda_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
         g = torch.randn(b_, hq, s, d, **bf)
-        ours_bwd = cuda_time(lambda: attention(q, k, v, causal=True).backward(g))
-        ref_bwd = cuda_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).backward(g))
-        print(f"S={s:>5}: fwd {ours * 1e3:7.2f} ms vs sdpa {ref * 1e3:7.2f} ms ({ref / ours:.2f}x), "
-              f"{flops / ours / 1e12:5.0f} TFLOP/s ({flops / ours / peak:.0%} of peak); "
-              f"fwd+bwd {ours_bwd * 1e3:7.2f} ms vs sdpa {ref_bwd * 1e3:7.2f} ms ({ref_bwd / ours_bwd:.2f}x)")
+        flops = 4 * b_ * hq * s * s * d / 2  # causal: half the score matrix
+
+        def ours():
+            return attention(q, k, v, causal=True)
+
+        def sdpa():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+        def both(fn):  # forward + backward, grads returned rather than accumulated into .grad
+            return lambda: torch.autograd.grad(fn(), (q, k, v), g)
+        row = {"ours": (cuda_time(ours), cuda_time(both(ours)))}
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            row["sdpa-flash"] = (cuda_time(sdpa), cuda_time(both(sdpa)))
+        row["sdpa-default"] = (cuda_time(sdpa), cuda_time(both(sdpa)))  # torch's own pick (cuDNN on Hopper)
+        (f, fb), (rf, rfb) = row["ours"], row["sdpa-flash"]
+        print(f"S={s:>5}: fwd {f * 1e3:7.2f} ms, {flops / f / 1e12:4.0f} TFLOP/s ({flops / f / peak:.0%} of peak), "
+              f"{rf / f:.2f}x sdpa-flash; bwd {(fb - f) * 1e3:7.2f} ms, {2.5 * flops / (fb - f) / 1e12:4.0f} "
+              f"TFLOP/s, {(rfb - rf) / (fb - f):.2f}x sdpa-flash; fwd+bwd {rfb / fb:.2f}x sdpa-flash")
+        print("         " + "; ".join(f"{name} fwd {a * 1e3:.2f} ms fwd+bwd {c * 1e3:.2f} ms"
+                                      for name, (a, c) in row.items()))
     t = 32768
     q = torch.randn(b_, hq, 1, d, **bf)
     k, v = (torch.randn(b_, hkv, t, d, **bf) for _ in range(2))

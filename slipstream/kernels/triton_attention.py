@@ -81,17 +81,42 @@ def _key_range(start_m, S, T, window, CAUSAL: tl.constexpr, WINDOW: tl.constexpr
 
 
 @triton.jit
+def _unmasked_keys(lo, hi, start_m, S, T, window, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+                   HAS_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[a, b), block-aligned, lo <= a <= b <= hi: key blocks that every query of [start_m, +BLOCK_M) sees whole,
+    so their steps skip the mask (FlashAttention-2's split of the diagonal blocks from the rest). Blocks of
+    [lo, a) and [b, hi) are masked. A padding mask can hide any key: then every block is masked."""
+    end = T
+    if CAUSAL:  # the block's first query (position start_m + T - S) sees every key up to its position
+        end = tl.minimum(end, start_m + T - S + 1)
+    b = tl.maximum((tl.maximum(end, 0) // BLOCK_N) * BLOCK_N, lo)
+    a = lo
+    if WINDOW:  # the block's last query sees keys from position start_m + BLOCK_M - 1 + T - S - window + 1
+        first = tl.maximum(start_m + BLOCK_M + T - S - window, 0)
+        a = tl.maximum(a, ((first + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
+    a = tl.minimum(a, b)
+    if HAS_PAD:
+        a = lo
+        b = lo
+    return a, b
+
+
+@triton.jit
 def _online_softmax_step(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, rows, start_n, S, T, D,
-                         qk_scale, softcap, window, kp_ptr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
-                         SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, PRECISION: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                         qk_scale, softcap, window, kp_ptr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                         WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr,
+                         PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     kt = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None],
                  mask=(cols[None, :] < T) & (offs_d[:, None] < D), other=0.0)
-    s = _capped(_dot(q, kt, PRECISION) * qk_scale, softcap, SOFTCAP) * 1.4426950408889634
-    vis = _visible(rows[:, None], cols[None, :], S, T, window, kp_ptr, CAUSAL, WINDOW, HAS_PAD)
-    s = tl.where(vis, s, float("-inf"))
+    if SOFTCAP:
+        s = _capped(_dot(q, kt, PRECISION) * qk_scale, softcap, SOFTCAP) * 1.4426950408889634
+    else:
+        s = _dot(q, kt, PRECISION) * (qk_scale * 1.4426950408889634)
+    if MASKED:
+        vis = _visible(rows[:, None], cols[None, :], S, T, window, kp_ptr, CAUSAL, WINDOW, HAS_PAD)
+        s = tl.where(vis, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     p = tl.exp2(s - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
@@ -106,7 +131,8 @@ def _attn_fwd_tile(q_base, k_base, v_base, o_base, lse_base, kp_ptr, sqm, skn, s
                    qk_scale, softcap, window, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
                    HAS_PAD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr):
-    """Query rows [start_m, +BLOCK_M) of one (sequence, head): bases point at its row 0 (shared with varlen)."""
+    """Query rows [start_m, +BLOCK_M) of one (sequence, head): bases point at its row 0 (shared with varlen).
+    Rows >= S load q = 0 and are never stored, so unmasked steps may compute them freely."""
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < S) & (offs_d[None, :] < D)
@@ -115,15 +141,33 @@ def _attn_fwd_tile(q_base, k_base, v_base, o_base, lse_base, kp_ptr, sqm, skn, s
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     lo, hi = _key_range(start_m, S, T, window, CAUSAL, WINDOW, BLOCK_M, BLOCK_N)
-    for start_n in range(lo, hi, BLOCK_N):
+    a, b = _unmasked_keys(lo, hi, start_m, S, T, window, CAUSAL, WINDOW, HAS_PAD, BLOCK_M, BLOCK_N)
+    for start_n in range(lo, a, BLOCK_N):
         acc, m_i, l_i = _online_softmax_step(
             acc, m_i, l_i, q, k_base, v_base, skn, svn, rows, start_n, S, T, D, qk_scale, softcap, window,
-            kp_ptr, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
+            kp_ptr, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
+    for start_n in range(a, b, BLOCK_N):
+        acc, m_i, l_i = _online_softmax_step(
+            acc, m_i, l_i, q, k_base, v_base, skn, svn, rows, start_n, S, T, D, qk_scale, softcap, window,
+            kp_ptr, False, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
+    for start_n in range(b, hi, BLOCK_N):
+        acc, m_i, l_i = _online_softmax_step(
+            acc, m_i, l_i, q, k_base, v_base, skn, svn, rows, start_n, S, T, D, qk_scale, softcap, window,
+            kp_ptr, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
     tl.store(o_base + rows[:, None] * som + offs_d[None, :], out.to(o_base.dtype.element_ty), mask=mask)
     tl.store(lse_base + rows, lse, mask=rows < S)
+
+
+@triton.jit
+def _block_index(CAUSAL: tl.constexpr):
+    """This program's query block: under a causal mask the last blocks (the most keys) are launched first."""
+    pid = tl.program_id(0)
+    if CAUSAL:
+        pid = tl.num_programs(0) - 1 - pid
+    return pid
 
 
 @triton.jit
@@ -138,7 +182,7 @@ def _attn_fwd_kernel(
     h = bh % H
     kvh = h // GROUP  # GQA/MQA: read the shared kv head in place, never a repeated copy
     _attn_fwd_tile(Q + b * sqb + h * sqh, K + b * skb + kvh * skh, V + b * svb + kvh * svh, O + b * sob + h * soh,
-                   LSE + bh.to(tl.int64) * S, KP + b * skpb, sqm, skn, svn, som, tl.program_id(0) * BLOCK_M,
+                   LSE + bh.to(tl.int64) * S, KP + b * skpb, sqm, skn, svn, som, _block_index(CAUSAL) * BLOCK_M,
                    S, T, D, qk_scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION,
                    BLOCK_M, BLOCK_N, BLOCK_D)
 
@@ -177,7 +221,7 @@ def _attn_decode_kernel(
     for start_n in range(lo, hi, BLOCK_N):
         acc, m_i, l_i = _online_softmax_step(
             acc, m_i, l_i, q, k_base, v_base, skn, svn, i_vis, start_n, S, T, D, qk_scale, softcap, window,
-            kp_ptr, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
+            kp_ptr, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)

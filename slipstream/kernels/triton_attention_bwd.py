@@ -13,8 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from slipstream.kernels.triton_attention import _capped, _dot, _key_range, _visible, last_dim_contiguous
-from slipstream.kernels.triton_attention import pad_mask, precision
+from slipstream.kernels.triton_attention import _block_index, _capped, _dot, _key_range, _unmasked_keys, _visible
+from slipstream.kernels.triton_attention import last_dim_contiguous, pad_mask, precision
 from slipstream.kernels.triton_utils import launch_guard
 
 
@@ -48,9 +48,28 @@ def _query_range(start_n, S, T, window, CAUSAL: tl.constexpr, WINDOW: tl.constex
 
 
 @triton.jit
+def _unmasked_queries(lo, hi, start_n, S, T, window, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+                      HAS_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[a, b), lo <= a <= b <= hi, a block-aligned: query blocks that see every key of [start_n, +BLOCK_N) (see
+    _unmasked_keys). Query rows >= S (lse = +inf, p = 0) and key columns >= T (never stored) need no mask."""
+    a = lo
+    b = hi
+    if CAUSAL:  # a query at position i + T - S sees the block's last key start_n + BLOCK_N - 1
+        first = tl.maximum(start_n + BLOCK_N - 1 - (T - S), 0)
+        a = tl.minimum(tl.maximum(a, ((first + BLOCK_M - 1) // BLOCK_M) * BLOCK_M), hi)
+    if WINDOW:  # ... and a query block whose last row still sees the block's first key
+        b = tl.minimum(b, (tl.maximum(start_n + window - (T - S), 0) // BLOCK_M) * BLOCK_M)
+    b = tl.maximum(b, a)
+    if HAS_PAD:
+        a = lo
+        b = lo
+    return a, b
+
+
+@triton.jit
 def _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, cols, start_m, S, T, D,
-               qk_scale, softcap, window, kp_ptr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
-               SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, PRECISION: tl.constexpr,
+               qk_scale, softcap, window, kp_ptr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+               WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, PRECISION: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """One query block against this program's key block, all in the transposed [keys, queries] layout."""
     rows = start_m + tl.arange(0, BLOCK_M)
@@ -62,8 +81,11 @@ def _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, c
     delta = tl.load(delta_base + rows, mask=rows < S, other=0.0)
     x = _dot(k, tl.trans(q), PRECISION) * qk_scale
     s = _capped(x, softcap, SOFTCAP)
-    vis = _visible(rows[None, :], cols[:, None], S, T, window, kp_ptr, CAUSAL, WINDOW, HAS_PAD)
-    pt = tl.exp2(tl.where(vis, s * 1.4426950408889634 - lse[None, :], float("-inf")))
+    st = s * 1.4426950408889634 - lse[None, :]
+    if MASKED:
+        vis = _visible(rows[None, :], cols[:, None], S, T, window, kp_ptr, CAUSAL, WINDOW, HAS_PAD)
+        st = tl.where(vis, st, float("-inf"))
+    pt = tl.exp2(st)
     dv += _dot(pt.to(do.dtype), do, PRECISION)
     dpt = _dot(v, tl.trans(do), PRECISION)
     dst = pt * (dpt - delta[None, :])
@@ -89,12 +111,21 @@ def _attn_dkdv_tile(q_base, k_base, v_base, do_base, dk_base, dv_base, lse_base,
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     lo, hi = _query_range(start_n, S, T, window, CAUSAL, WINDOW, BLOCK_M, BLOCK_N)
+    a, b = _unmasked_queries(lo, hi, start_n, S, T, window, CAUSAL, WINDOW, HAS_PAD, BLOCK_M, BLOCK_N)
     for g in range(0, GROUP):
-        for start_m in range(lo, hi, BLOCK_M):
-            dk, dv = _dkdv_step(
-                dk, dv, k, v, q_base + g * sqh, do_base + g * sdoh, lse_base + g * slh, delta_base + g * slh,
-                sqm, sdom, cols, start_m, S, T, D, qk_scale, softcap, window, kp_ptr, CAUSAL, WINDOW, SOFTCAP,
-                HAS_PAD, PRECISION, BLOCK_M, BLOCK_D)
+        qg, dog, lseg, deltag = q_base + g * sqh, do_base + g * sdoh, lse_base + g * slh, delta_base + g * slh
+        for start_m in range(lo, a, BLOCK_M):
+            dk, dv = _dkdv_step(dk, dv, k, v, qg, dog, lseg, deltag, sqm, sdom, cols, start_m, S, T, D, qk_scale,
+                                softcap, window, kp_ptr, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION,
+                                BLOCK_M, BLOCK_D)
+        for start_m in range(a, b, BLOCK_M):
+            dk, dv = _dkdv_step(dk, dv, k, v, qg, dog, lseg, deltag, sqm, sdom, cols, start_m, S, T, D, qk_scale,
+                                softcap, window, kp_ptr, False, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION,
+                                BLOCK_M, BLOCK_D)
+        for start_m in range(b, hi, BLOCK_M):
+            dk, dv = _dkdv_step(dk, dv, k, v, qg, dog, lseg, deltag, sqm, sdom, cols, start_m, S, T, D, qk_scale,
+                                softcap, window, kp_ptr, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION,
+                                BLOCK_M, BLOCK_D)
     out = cols[:, None] * sdkn + offs_d[None, :]
     tl.store(dk_base + out, (dk * qk_scale).to(dk_base.dtype.element_ty), mask=kv_mask)
     tl.store(dv_base + out, dv.to(dv_base.dtype.element_ty), mask=kv_mask)
@@ -121,6 +152,29 @@ def _attn_bwd_dkdv_kernel(
 
 
 @triton.jit
+def _dq_step(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, start_n, S, T, D, qk_scale, softcap, window,
+             kp_ptr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+             HAS_PAD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One key block's contribution to this program's query rows' dQ."""
+    cols = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (cols[None, :] < T) & (offs_d[:, None] < D)
+    kt = tl.load(k_base + cols[None, :] * skn + offs_d[:, None], mask=kv_mask, other=0.0)
+    vt = tl.load(v_base + cols[None, :] * svn + offs_d[:, None], mask=kv_mask, other=0.0)
+    s = _capped(_dot(q, kt, PRECISION) * qk_scale, softcap, SOFTCAP)
+    st = s * 1.4426950408889634 - lse[:, None]
+    if MASKED:
+        vis = _visible(rows[:, None], cols[None, :], S, T, window, kp_ptr, CAUSAL, WINDOW, HAS_PAD)
+        st = tl.where(vis, st, float("-inf"))
+    p = tl.exp2(st)
+    ds = p * (_dot(do, vt, PRECISION) - delta[:, None])
+    if SOFTCAP:
+        t = s / softcap
+        ds = ds * (1.0 - t * t)
+    return dq + _dot(ds.to(kt.dtype), tl.trans(kt), PRECISION)
+
+
+@triton.jit
 def _attn_dq_tile(q_base, k_base, v_base, do_base, dq_base, lse_base, delta_base, kp_ptr, sqm, skn, svn, sdom,
                   sdqm, start_m, S, T, D, qk_scale, softcap, window, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
                   SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, PRECISION: tl.constexpr,
@@ -135,19 +189,16 @@ def _attn_dq_tile(q_base, k_base, v_base, do_base, dq_base, lse_base, delta_base
     delta = tl.load(delta_base + rows, mask=rows < S, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     lo, hi = _key_range(start_m, S, T, window, CAUSAL, WINDOW, BLOCK_M, BLOCK_N)
-    for start_n in range(lo, hi, BLOCK_N):
-        cols = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = (cols[None, :] < T) & (offs_d[:, None] < D)
-        kt = tl.load(k_base + cols[None, :] * skn + offs_d[:, None], mask=kv_mask, other=0.0)
-        vt = tl.load(v_base + cols[None, :] * svn + offs_d[:, None], mask=kv_mask, other=0.0)
-        s = _capped(_dot(q, kt, PRECISION) * qk_scale, softcap, SOFTCAP)
-        vis = _visible(rows[:, None], cols[None, :], S, T, window, kp_ptr, CAUSAL, WINDOW, HAS_PAD)
-        p = tl.exp2(tl.where(vis, s * 1.4426950408889634 - lse[:, None], float("-inf")))
-        ds = p * (_dot(do, vt, PRECISION) - delta[:, None])
-        if SOFTCAP:
-            t = s / softcap
-            ds = ds * (1.0 - t * t)
-        dq += _dot(ds.to(kt.dtype), tl.trans(kt), PRECISION)
+    a, b = _unmasked_keys(lo, hi, start_m, S, T, window, CAUSAL, WINDOW, HAS_PAD, BLOCK_M, BLOCK_N)
+    for start_n in range(lo, a, BLOCK_N):
+        dq = _dq_step(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, start_n, S, T, D, qk_scale, softcap,
+                      window, kp_ptr, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
+    for start_n in range(a, b, BLOCK_N):
+        dq = _dq_step(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, start_n, S, T, D, qk_scale, softcap,
+                      window, kp_ptr, False, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
+    for start_n in range(b, hi, BLOCK_N):
+        dq = _dq_step(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, start_n, S, T, D, qk_scale, softcap,
+                      window, kp_ptr, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
     tl.store(dq_base + rows[:, None] * sdqm + offs_d[None, :], (dq * qk_scale).to(dq_base.dtype.element_ty),
              mask=mask)
 
@@ -166,15 +217,18 @@ def _attn_bwd_dq_kernel(
     row0 = bh.to(tl.int64) * S
     _attn_dq_tile(Q + b * sqb + h * sqh, K + b * skb + kvh * skh, V + b * svb + kvh * svh, DO + b * sdob + h * sdoh,
                   DQ + row0 * D, LSE + row0, DELTA + row0, KP + b * skpb, sqm, skn, svn, sdom, D,
-                  tl.program_id(0) * BLOCK_M, S, T, D, qk_scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_PAD,
+                  _block_index(CAUSAL) * BLOCK_M, S, T, D, qk_scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_PAD,
                   PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
 
 
-def _bwd_config(block_d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dk/dv kernel; the dq kernel swaps M and N (tutorial)."""
+def _bwd_config(block_d: int, dtype: torch.dtype) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dk/dv kernel and of the dq kernel. dk/dv keeps a wide key
+    block and streams narrow query blocks, dq the transpose (the Triton tutorial's shape)."""
     if block_d > 128 or dtype == torch.float32:
-        return (16, 32, 4, 2) if block_d > 128 else (32, 32, 4, 2)
-    return (32, 64, 4 if block_d <= 64 else 8, 3)
+        dkdv = (16, 32, 4, 2) if block_d > 128 else (32, 32, 4, 2)
+    else:
+        dkdv = (32, 64, 4 if block_d <= 64 else 8, 3)
+    return dkdv, (dkdv[1], dkdv[0], dkdv[2], dkdv[3])
 
 
 def flash_backward(grad, q, k, v, out, lse, key_padding, causal: bool, scale: float, window: int, softcap: float):
@@ -190,17 +244,19 @@ def flash_backward(grad, q, k, v, out, lse, key_padding, causal: bool, scale: fl
         return dq.zero_(), dk.zero_(), dv.zero_()
     kp, skpb = pad_mask(key_padding, q)
     block_d = max(16, triton.next_power_of_2(d))
-    block_m, block_n, warps, stages = _bwd_config(block_d, q.dtype)
+    (m1, n1, warps1, stages1), (m2, n2, warps2, stages2) = _bwd_config(block_d, q.dtype)
     delta = torch.empty((b, hq, s), dtype=torch.float32, device=q.device)
     flags = dict(CAUSAL=causal, WINDOW=window > 0, SOFTCAP=softcap > 0, HAS_PAD=key_padding is not None,
-                 PRECISION=precision(q), BLOCK_D=block_d, num_warps=warps, num_stages=stages)
+                 PRECISION=precision(q), BLOCK_D=block_d)
     common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad.stride()[:3], skpb,
               hq, hq // hkv, s, t_len, d, scale, softcap, window)
     with launch_guard(_attn_bwd_dkdv_kernel, q):
         _attn_bwd_delta_kernel[(triton.cdiv(s, 64), b * hq)](
             out, grad, delta, *out.stride()[:3], *grad.stride()[:3], hq, s, d, BLOCK_M=64, BLOCK_D=block_d)
-        _attn_bwd_dkdv_kernel[(triton.cdiv(t_len, block_n), b * hkv)](
-            q, k, v, grad, lse, delta, dk, dv, kp, *common, BLOCK_M=block_m, BLOCK_N=block_n, **flags)
-        _attn_bwd_dq_kernel[(triton.cdiv(s, block_n), b * hq)](
-            q, k, v, grad, lse, delta, dq, kp, *common, BLOCK_M=block_n, BLOCK_N=block_m, **flags)
+        _attn_bwd_dkdv_kernel[(triton.cdiv(t_len, n1), b * hkv)](
+            q, k, v, grad, lse, delta, dk, dv, kp, *common, BLOCK_M=m1, BLOCK_N=n1, num_warps=warps1,
+            num_stages=stages1, **flags)
+        _attn_bwd_dq_kernel[(triton.cdiv(s, m2), b * hq)](
+            q, k, v, grad, lse, delta, dq, kp, *common, BLOCK_M=m2, BLOCK_N=n2, num_warps=warps2,
+            num_stages=stages2, **flags)
     return dq, dk, dv

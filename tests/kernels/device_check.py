@@ -59,6 +59,15 @@ def _rope_oracle(q, k, cos, sin):
     return q * c + rot(q) * s, k * c + rot(k) * s
 
 
+def _varlen_oracle(q, k, v, cu, scale):
+    """The dense float64 oracle per packed sequence, on [1, H, n, D] views."""
+    pieces = []
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        dense = [x[a:b].transpose(0, 1).unsqueeze(0) for x in (q, k, v)]
+        pieces.append(f64_oracle(*dense, None, True, scale)[0].transpose(0, 1))
+    return torch.cat(pieces)
+
+
 def checks(device: str, small: bool):
     rows, hidden, s, t = (37, 97, 17, 150) if small else (4096, 4096, 1024, 4096)
     for dtype in (torch.float32, torch.bfloat16):
@@ -79,6 +88,12 @@ def checks(device: str, small: bool):
             scale = 64 ** -0.5
             yield label, (lambda q, k, v, kw=kw: K.attention(q, k, v, causal=True, scale=scale, **kw)), \
                 (lambda q, k, v, kw=kw: f64_oracle(q, k, v, None, True, scale, **kw)), (q, k, v), dtype
+        lengths = [s, 1, 5, 2 * s + 3]  # packed sequences of mixed length, one of a single token
+        cu = torch.tensor([0] + lengths, device=device).cumsum(0, dtype=torch.int32)
+        q, k, v = torch.randn(sum(lengths), 8, 64, **r), *(torch.randn(sum(lengths), 2, 64, **r) for _ in range(2))
+        yield "attention varlen", \
+            (lambda q, k, v, cu=cu, n=max(lengths): K.attention_varlen(q, k, v, cu, cu, n, n, scale=0.125)), \
+            (lambda q, k, v, cu=cu: _varlen_oracle(q, k, v, cu, 0.125)), (q, k, v), dtype
 
 
 def main() -> int:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Everything a lent-GPU session runs, in one call: kernel checks vs float64, tile-config sweeps, kernel and
+# attention benchmarks, every tiny family end to end. Each step has its own time limit; logs go to $OUT (the
+# device tool's folder) or ./gpu-logs. Runs from the repository root with the machine's own torch/triton/
+# transformers (no install). `gpu_session.sh STEP...` runs only the named steps.
+set -u
+wanted="$*"
+out=${OUT:-gpu-logs}
+mkdir -p "$out"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET SLIPSTREAM_TRITON_ON_CPU
+
+step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $out/NAME.log, print its exit code
+    local name=$1 limit=$2
+    shift 2
+    if [ -n "$wanted" ] && [[ " $wanted " != *" $name "* ]]; then return; fi
+    echo "== $name (limit ${limit}s)"
+    timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
+    echo "== $name exit ${PIPESTATUS[0]}"
+}
+
+{ date -u; git rev-parse --short HEAD 2>/dev/null
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv
+  python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, \
+'transformers', transformers.__version__)"; } 2>&1 | tee "$out/machine.txt"
+step device_check 90 python3 tests/kernels/device_check.py --device cuda
+step attention_tune 150 python3 benchmarks/attention_tune.py
+step rms_norm_tune 60 python3 benchmarks/rms_norm_tune.py
+step kernels 80 python3 benchmarks/kernels.py --reps 30
+step attention 100 python3 benchmarks/attention.py
+step models 100 python3 tests/backends/device_model_check.py --device cuda
