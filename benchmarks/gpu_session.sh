@@ -23,9 +23,9 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $out/NAME.log
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv
   python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, \
 'transformers', transformers.__version__)"; } 2>&1 | tee "$out/machine.txt"
-step device_check 90 python3 tests/kernels/device_check.py --device cuda
+step device_check 60 python3 tests/kernels/device_check.py --device cuda
 step attention_tune 150 python3 benchmarks/attention_tune.py
 step rms_norm_tune 60 python3 benchmarks/rms_norm_tune.py
-step kernels 80 python3 benchmarks/kernels.py --reps 30
-step attention 100 python3 benchmarks/attention.py
+step kernels 60 python3 benchmarks/kernels.py --reps 30
+step attention 80 python3 benchmarks/attention.py
 step models 100 python3 tests/backends/device_model_check.py --device cuda

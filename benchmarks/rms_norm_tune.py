@@ -37,7 +37,7 @@ def main() -> None:
     for per_sm in (1, 2, 4, 8):
         for block_m, warps in ((1, 8), (1, 16), (2, 8), (4, 16)):
             rn.row_tile = lambda *_, c=(block_m, triton.next_power_of_2(n), warps): c
-            rn.persistent_programs = lambda t, work, k=per_sm: min(work, k * sms)
+            rn.persistent_programs = lambda t, work, per_sm=1, k=per_sm: min(work, k * sms)
             t = ms(lambda: rn.rms_norm_backward(dy, x, w, 1e-6, 0.0, True))
             gbs = 3 * x.numel() * 2 / t / 1e6
             print(f"bwd programs/SM {per_sm} rows/program {block_m} warps {warps:>2}: {t * 1e3:7.1f} us "
