@@ -271,7 +271,8 @@ def pad_mask(key_padding, q: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def _fwd_config(block_d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages): tutorial-like tiles, halved where registers/smem run out."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages): tutorial-like tiles, halved where registers/smem run out. The
+    16-bit D = 128 tile is the fastest of benchmarks/attention_tune.py's sweep on an H200 (BENCHMARKS.md)."""
     if block_d > 128 or dtype == torch.float32:
         return (64, 32, 4, 2) if block_d <= 128 else (32, 32, 4, 2)
     return (128, 64, 4 if block_d <= 64 else 8, 3)

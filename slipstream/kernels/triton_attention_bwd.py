@@ -222,13 +222,13 @@ def _attn_bwd_dq_kernel(
 
 
 def _bwd_config(block_d: int, dtype: torch.dtype) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dk/dv kernel and of the dq kernel. dk/dv keeps a wide key
-    block and streams narrow query blocks, dq the transpose (the Triton tutorial's shape)."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dk/dv kernel and of the dq kernel. dk/dv keeps a key
+    block and streams query blocks, dq the transpose. The 16-bit D <= 128 tiles are the fastest of
+    benchmarks/attention_tune.py's sweep on an H200 (BENCHMARKS.md); the others are sized to fit registers."""
     if block_d > 128 or dtype == torch.float32:
         dkdv = (16, 32, 4, 2) if block_d > 128 else (32, 32, 4, 2)
-    else:
-        dkdv = (32, 64, 4 if block_d <= 64 else 8, 3)
-    return dkdv, (dkdv[1], dkdv[0], dkdv[2], dkdv[3])
+        return dkdv, (dkdv[1], dkdv[0], dkdv[2], dkdv[3])
+    return (32, 64, 4, 3), (128, 64, 8, 3)
 
 
 def flash_backward(grad, q, k, v, out, lse, key_padding, causal: bool, scale: float, window: int, softcap: float):

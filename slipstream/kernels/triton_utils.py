@@ -37,10 +37,10 @@ def warps_for(elements: int) -> int:
     return 4
 
 
-def persistent_programs(t: torch.Tensor, work: int) -> int:
-    """Programs for a grid-stride kernel: one per SM on GPU; a few on CPU (the interpreter runs them serially)."""
+def persistent_programs(t: torch.Tensor, work: int, per_sm: int = 1) -> int:
+    """Programs for a grid-stride kernel: per_sm per SM on GPU; a few on CPU (the interpreter runs them serially)."""
     if t.device.type == "cuda":
-        return max(1, min(work, torch.cuda.get_device_properties(t.device).multi_processor_count))
+        return max(1, min(work, per_sm * torch.cuda.get_device_properties(t.device).multi_processor_count))
     return max(1, min(work, 4))
 
 
