@@ -51,6 +51,13 @@ def explain(model: nn.Module) -> str:
     return str(report(model))
 
 
+def merge_lora(model: nn.Module, dtype=None) -> dict:
+    """Dense state dict with LoRA adapters folded in and quantized weights dequantized, under the plain model's
+    key names (what the exporters write). See slipstream.merge."""
+    from .merge import merge_lora as merge
+    return merge(model, dtype)
+
+
 def restore(model: nn.Module) -> nn.Module:
     """Undo optimize(): every unit runs its original forward again."""
     from .backends.module import detach
@@ -58,4 +65,4 @@ def restore(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["optimize", "explain", "report", "restore", "__version__"]
+__all__ = ["optimize", "explain", "report", "restore", "merge_lora", "__version__"]

@@ -22,11 +22,14 @@ REPORT_ATTR = "_slipstream_report"
 
 
 def attach(model: nn.Module, pipeline: Pipeline, version: str) -> Report:
-    groups = find_unit_groups(model)
     manager, lock = PassManager(pipeline), threading.Lock()
+    module_results = manager.run_modules(model)  # before capture: they change what the graphs' inputs are
+    groups = find_unit_groups(model)
     report = Report(pipeline=str(pipeline), version=version, units=[u for g in groups for u, _ in g],
                     pass_names=[p.name for p in manager.passes],
                     summaries={p.name: p.summary for p in manager.passes})
+    for stats, notes in module_results:
+        report.record_module_pass(stats, notes)
 
     def on_graph(unit: str, gm: GraphModule):
         with lock:

@@ -59,6 +59,15 @@ class Report:
     runs: set = field(default_factory=set)           # (unit, graph id) pairs seen at run time
     seconds: dict = field(default_factory=lambda: defaultdict(float))
     decision_log: set = field(default_factory=set)   # (unit, site, implementation, reason) from attention dispatch
+    notes: dict = field(default_factory=dict)        # pass -> extra lines for explain() (module passes)
+    module_records: list = field(default_factory=list)  # GraphRecords of module passes (whole model, ran once)
+
+    def record_module_pass(self, stats: PassStats, notes: list[str]) -> None:
+        self.seconds[stats.name] += stats.seconds
+        self.module_records.append(GraphRecord(
+            "", {stats.name: Counter(stats.matches)},
+            {stats.name: Counter((r.rule, r.path, r.reason) for r in stats.rejections)}))
+        self.notes[stats.name] = list(notes)
 
     @property
     def graphs(self) -> int:
@@ -81,8 +90,8 @@ class Report:
     def passes(self) -> dict[str, PassRecord]:
         records = {n: PassRecord(n, self.summaries.get(n, ""), self.seconds.get(n, 0.0), self.graphs)
                    for n in self.pass_names}
-        for unit, gid in sorted(self.runs):
-            graph = self.graph_records[gid]
+        ran = [(unit, self.graph_records[gid]) for unit, gid in sorted(self.runs)]
+        for unit, graph in ran + [("", r) for r in self.module_records]:
             for name, record in records.items():
                 for (rule, rel), n in graph.matches.get(name, {}).items():
                     key = (rule, _absolute(rel, unit))
@@ -149,6 +158,7 @@ def render(report: Report) -> str:
             lines.append(f"  + {path or '<model>'}: {', '.join(rules_here)}")
         for rule, path, reason in sorted(record.rejections):
             lines.append(f"  ! {path or '<model>'}: refused{'' if rule == '-' else f' ({rule})'}: {reason}")
+        lines.extend(f"  = {note}" for note in report.notes.get(record.name, ()))
         if record.name == "fuse-attention":
             lines.extend(_decision_lines(report.decisions()))
     return "\n".join(lines)

@@ -57,11 +57,14 @@ def path_selected(path: str, options: PassOptions) -> bool:
 
 
 class Pass:
-    """Subclasses set `name`, `Options`, `anchors` (op names, one of which every match contains) and `rules()`."""
+    """Subclasses set `name`, `Options`, `anchors` (op names, one of which every match contains) and `rules()`.
+
+    A pass with `stage = "module"` (see ModulePass) rewrites the module tree before capture instead of graphs."""
     name: ClassVar[str]
     Options: ClassVar[type] = PassOptions
     anchors: ClassVar[tuple[str, ...]]
     summary: ClassVar[str] = ""
+    stage: ClassVar[str] = "graph"
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()
@@ -131,6 +134,18 @@ class Pass:
                 new = rule.replace(graph, m)
             tag_new_nodes(anchor, m.root, f"{self.name}:{rule.name}", module_path(m.root))
             commit(graph, m, new, rule.name, stats)
+
+
+class ModulePass(Pass):
+    """A pass over the module tree, run once before capture (in pipeline order, ahead of every graph pass): for
+    rewrites that change what a graph's inputs are, such as swapping a linear's weight for packed buffers.
+    `run_module` returns the same stats a graph pass does (matches and refusals by module path) plus `notes`,
+    lines for explain()."""
+    stage = "module"
+    anchors = ()
+
+    def run_module(self, model: Any) -> tuple[PassStats, list[str]]:
+        raise NotImplementedError
 
 
 def _is(node: Node, op_names: tuple[str, ...]) -> bool:

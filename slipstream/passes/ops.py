@@ -181,6 +181,25 @@ def _linear(node: Node):
     return (_arg(node, 0, "input"), _arg(node, 1, "weight"), _arg(node, 2, "bias")), {}
 
 
+_QUANT_ARGS = ("x", "packed", "scales", "aux", "fmt", "group", "out_features", "bias")
+
+
+def _quant_linear(node: Node):
+    """slipstream::quant_linear(x, packed, scales, aux, fmt, group, out_features, bias): tensors as inputs."""
+    a = {n: _arg(node, i, n) for i, n in enumerate(_QUANT_ARGS)}
+    return (a["x"], a["packed"], a["scales"], a["aux"], a["bias"]), {
+        "fmt": a["fmt"], "group": a["group"], "out_features": a["out_features"]}
+
+
+def _lora_linear(node: Node):
+    """slipstream::lora_linear(x, base, scales, aux, fmt, group, out_features, bias, xs, a, b, scalings)."""
+    names = _QUANT_ARGS[:1] + ("base",) + _QUANT_ARGS[2:] + ("xs", "a", "b", "scalings")
+    a = {n: _arg(node, i, n) for i, n in enumerate(names)}
+    return (a["x"], a["base"], a["scales"], a["aux"], a["bias"]), {
+        "fmt": a["fmt"], "group": a["group"], "out_features": a["out_features"], "xs": a["xs"], "a": a["a"],
+        "b": a["b"], "scalings": a["scalings"]}
+
+
 # ---- the table: canonical name -> reader, and the targets that mean it -------------------------------------
 
 _Reader = Callable[[Node], Any]
@@ -221,6 +240,19 @@ _register("reshape", _sizes, (torch.reshape, aten.reshape.default, aten.view.def
 _register("softmax", _softmax, (F.softmax, torch.softmax, aten._softmax.default, aten.softmax.int), ("softmax",))
 _register("dropout", _dropout, (F.dropout, aten.dropout.default), ())
 _register("sdpa", _sdpa, (F.scaled_dot_product_attention, aten.scaled_dot_product_attention.default), ())
+
+
+def _register_slipstream_ops() -> None:
+    """Our own ops read like the others (a graph can hold them: QuantLinear modules call quant_linear)."""
+    import slipstream.kernels  # noqa: F401  registers torch.ops.slipstream.*
+    from slipstream.kernels import lora_linear  # noqa: F401
+
+    ops = torch.ops.slipstream
+    _register("quant_linear", _quant_linear, (ops.quant_linear, ops.quant_linear.default), ())
+    _register("lora_linear", _lora_linear, (ops.lora_linear, ops.lora_linear.default), ())
+
+
+_register_slipstream_ops()
 
 
 def view(node: Any) -> OpView | None:

@@ -3,14 +3,19 @@ from __future__ import annotations
 
 from .base import Pass
 from .fuse_attention import FuseAttention
+from .fuse_lora_linear import FuseLoraLinear
 from .fuse_rms_norm import FuseRmsNorm
 from .fuse_rope import FuseRope
 from .fuse_swiglu import FuseSwiglu
+from .quantize_weights import QuantizeWeights
 
-PASSES: dict[str, type[Pass]] = {p.name: p for p in (FuseRmsNorm, FuseSwiglu, FuseRope, FuseAttention)}
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (QuantizeWeights, FuseLoraLinear, FuseRmsNorm, FuseSwiglu,
+                                                      FuseRope, FuseAttention)}
 
-# Presets expand to canonical pipeline text. `train` and `default` coincide until the LoRA passes land.
+_FUSE = "fuse-lora-linear, fuse-rms-norm, fuse-swiglu, fuse-rope, fuse-attention"
+# Presets expand to canonical pipeline text. fuse-lora-linear finds nothing in a model without peft adapters.
 PRESETS: dict[str, str] = {
-    "default": "fuse-rms-norm, fuse-swiglu, fuse-rope, fuse-attention",
-    "train": "fuse-rms-norm, fuse-swiglu, fuse-rope, fuse-attention",
+    "default": _FUSE,
+    "train": _FUSE,
+    "train-qlora": f"quantize-weights{{format=nf4}}, {_FUSE}",   # QLoRA: NF4 base, adapters fused onto it
 }

@@ -1,0 +1,125 @@
+"""fuse-lora-linear: fires on peft LoRA linears (dense and quantized base, dropout, several adapters), refuses
+DoRA / lora_bias / a foreign adapter input with reasons, agrees with the unoptimized peft model."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import models
+import slipstream
+from helpers import assert_agrees, optimize_with
+from slipstream.debug.tolerance import max_rel_error, tolerance
+
+peft = pytest.importorskip("peft")
+
+PASS = "fuse-lora-linear"
+LINEARS_PER_LAYER = 7  # q k v o gate up down
+
+
+def peft_llama(dtype=torch.float32, adapters=("default",), **lora):
+    base = models.build("llama", dtype=dtype)
+    config = dict(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0) | lora
+    model = peft.get_peft_model(base, peft.LoraConfig(**config), adapter_name=adapters[0])
+    for name in adapters[1:]:
+        model.add_adapter(name, peft.LoraConfig(**config))
+    torch.manual_seed(3)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:  # peft starts B at zero; a random B makes the adapters' part of the output visible
+            p.data.normal_(0, 0.05)
+    if len(adapters) > 1:
+        model.base_model.set_adapter(list(adapters))
+    return model
+
+
+def _grads_agree(opt, ref, ids, dtype):
+    out, want = opt(ids).logits, ref(ids).logits
+    tol = tolerance(dtype).max_rel
+    assert max_rel_error(out, want) <= tol
+    g = torch.randn(want.shape).to(dtype)
+    (out * g).sum().backward()
+    (want * g).sum().backward()
+    reference = dict(ref.named_parameters())
+    trained = [(n, p) for n, p in opt.named_parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None for _, p in trained)
+    for name, p in trained:
+        assert max_rel_error(p.grad, reference[name].grad) <= tol, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_fires_on_every_lora_linear_and_agrees(dtype):
+    ref = peft_llama(dtype)
+    opt = slipstream.optimize(copy.deepcopy(ref), pipeline=PASS)
+    report = slipstream.report(opt)
+    assert report.fused(PASS) == LINEARS_PER_LAYER * ref.config.num_hidden_layers
+    assert {rule for rule, _ in report.passes[PASS].matches} == {"dense-base"}
+    assert report.refusals(PASS) == []
+    _grads_agree(opt, ref, models.token_batch(), dtype)
+
+
+def test_dropout_in_training_keeps_peft_rng():
+    ref = peft_llama(lora_dropout=0.3).train()
+    opt = slipstream.optimize(copy.deepcopy(ref), pipeline=PASS).train()
+    ids = models.token_batch()
+    torch.manual_seed(11)
+    out = opt(ids).logits
+    torch.manual_seed(11)
+    want = ref(ids).logits
+    assert slipstream.report(opt).fused(PASS) == LINEARS_PER_LAYER * 2
+    assert max_rel_error(out, want) <= tolerance(torch.float32).max_rel
+    torch.manual_seed(12)
+    assert max_rel_error(opt(ids).logits, want) > 1e-3  # a different seed drops other units: dropout is live
+
+
+def test_two_active_adapters_fuse_into_one_op():
+    ref = peft_llama(adapters=("first", "second"))
+    opt = slipstream.optimize(copy.deepcopy(ref), pipeline=PASS)
+    record = slipstream.report(opt).passes[PASS]
+    assert record.fused == LINEARS_PER_LAYER * 2
+    assert {rule for rule, _ in record.matches} == {"dense-base"}
+    _grads_agree(opt, ref, models.token_batch(), torch.float32)
+
+
+def test_quantized_base_fuses_and_agrees_with_dequantized_model():
+    ref = peft_llama()
+    opt = slipstream.optimize(copy.deepcopy(ref), pipeline=f"quantize-weights{{format=int8}}, {PASS}")
+    report = slipstream.report(opt)
+    assert report.fused(PASS) == LINEARS_PER_LAYER * 2
+    assert {rule for rule, _ in report.passes[PASS].matches} == {"quantized-base"}
+    for path, module in opt.named_modules():
+        if isinstance(module, slipstream.modules.QuantLinear):
+            ref.get_submodule(path).weight.data = module.dequantize(torch.float32)
+    _grads_agree(opt, ref, models.token_batch(), torch.float32)
+
+
+@pytest.mark.parametrize("variant,reason", [(dict(use_dora=True), "DoRA"), (dict(lora_bias=True), "bias")])
+def test_refuses_dora_and_lora_bias(variant, reason):
+    ref = peft_llama(**variant)
+    opt = slipstream.optimize(copy.deepcopy(ref), pipeline=PASS)
+    report = slipstream.report(opt)
+    assert report.fused(PASS) == 0
+    refusals = report.refusals(PASS)
+    assert refusals and all(reason in r for _, _, r in refusals), refusals
+    _grads_agree(opt, ref, models.token_batch(), torch.float32)
+
+
+class ForeignAdapterInput(nn.Module):
+    """base(x) + B(A(z)) * s where z is not x: not a LoRA linear, must be left alone with a reason."""
+
+    def __init__(self):
+        super().__init__()
+        self.base, self.a, self.b = nn.Linear(16, 24), nn.Linear(16, 4, bias=False), nn.Linear(4, 24, bias=False)
+
+    def forward(self, x, z):
+        return self.base(x) + self.b(self.a(z)) * 0.5
+
+
+def test_refuses_an_adapter_reading_another_tensor():
+    x, z = torch.randn(3, 16), torch.randn(3, 16)
+    opt, ref, report = optimize_with(ForeignAdapterInput(), PASS, x, z)
+    assert report.fused(PASS) == 0
+    [(_, _, reason)] = report.refusals(PASS)
+    assert "not the base layer's input" in reason
+    assert_agrees(opt, ref, x, z)
