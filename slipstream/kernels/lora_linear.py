@@ -163,7 +163,8 @@ def _backward(ctx, grad: Tensor):
         db.append(((g2.to(bi.dtype).t() @ h.to(bi.dtype)) * si).to(bi.dtype))
         da.append((dh.to(ai.dtype).t() @ xi2).to(ai.dtype))
         dxs.append((dh.to(ai.dtype) @ ai).to(xi.dtype).reshape(xi.shape))
-    return dx, dw, None, None, None, None, None, dbias, dxs, da, db, None
+    # torch.library compares this with the inputs' pytree, where a float list is one leaf but an empty list a list
+    return dx, dw, None, None, None, None, None, dbias, dxs, da, db, (None if scalings else [])
 
 
 lora_linear_op = define_op("lora_linear", _lora_linear, _lora_linear_fake, _backward, _setup)
