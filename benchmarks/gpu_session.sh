@@ -28,4 +28,5 @@ step attention_tune 150 python3 benchmarks/attention_tune.py
 step rms_norm_tune 60 python3 benchmarks/rms_norm_tune.py
 step kernels 60 python3 benchmarks/kernels.py --reps 30
 step attention 80 python3 benchmarks/attention.py
+step lora_linear 60 python3 benchmarks/lora_linear.py
 step models 100 python3 tests/backends/device_model_check.py --device cuda

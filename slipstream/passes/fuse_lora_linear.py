@@ -19,14 +19,17 @@ from .ops import tensor_meta, view
 from .pattern import Lit, Match, Op, Var
 
 X = Var("x")
-TERM = Op("mul", Op("linear", Op("linear", Var("xi"), Var("a"), None), Var("b"), Var("b_bias"), tag="b_linear"),
-          Lit("scaling"))
+_PRODUCT = Op("mul", Op("linear", Op("linear", Var("xi"), Var("a"), None), Var("b"), Var("b_bias")), Lit("scaling"))
+# peft's bitsandbytes wrappers cast each adapter's output to the base's dtype before adding it
+TERM = Op("cast", _PRODUCT, dtype=Var("term_dtype")) | _PRODUCT
 DENSE_BASE = Op("linear", X, Var("w"), Var("bias"))
-QUANT_BASE = Op("quant_linear", X, Var("packed"), Var("scales"), Var("aux"), Var("bias"), fmt=Var("fmt"),
-                group=Var("group"), out_features=Var("out_features"))
-FUSED_BASE = Op("lora_linear", X, Var("base"), Var("scales"), Var("aux"), Var("bias"), fmt=Var("fmt"),
-                group=Var("group"), out_features=Var("out_features"), xs=Var("xs"), a=Var("as"), b=Var("bs"),
-                scalings=Var("scalings"))
+_QUANT = Op("quant_linear", X, Var("packed"), Var("scales"), Var("aux"), Var("bias"), fmt=Var("fmt"),
+            group=Var("group"), out_features=Var("out_features"))
+QUANT_BASE = Op("clone", _QUANT) | _QUANT  # peft's 4-bit wrapper clones the base output ("defensively")
+_FUSED = Op("lora_linear", X, Var("base"), Var("scales"), Var("aux"), Var("bias"), fmt=Var("fmt"),
+            group=Var("group"), out_features=Var("out_features"), xs=Var("xs"), a=Var("as"), b=Var("bs"),
+            scalings=Var("scalings"))
+FUSED_BASE = Op("cast", _FUSED, dtype=Var("fused_dtype")) | _FUSED  # an earlier round's cast (see _replace)
 _PASS_THROUGH = ("dropout", "cast")
 
 
@@ -56,7 +59,11 @@ def _check(m: Match) -> str | None:
 def _replace(graph: Graph, m: Match, base: tuple, adapters: tuple) -> Node:
     xs, a, b, s = adapters
     args = (m["x"], *base, m.get("bias"), [*xs, m["xi"]], [*a, m["a"]], [*b, m["b"]], [*s, m["scaling"]])
-    return graph.call_function(torch.ops.slipstream.lora_linear.default, args)
+    new = graph.call_function(torch.ops.slipstream.lora_linear.default, args)
+    dtype = m.get("term_dtype")
+    if dtype is not None:  # peft cast the adapters' output to the base's dtype: the sum stays in that dtype
+        new = graph.call_method("to", (new, dtype))
+    return new
 
 
 def _replace_dense(graph: Graph, m: Match) -> Node:

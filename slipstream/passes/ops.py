@@ -221,6 +221,7 @@ _register("div", _binary, (torch.true_divide,), ("true_divide", "__truediv__"))
 for _name in ("rsqrt", "neg", "sigmoid", "tanh", "sqrt", "exp"):
     _register(_name, _unary, (getattr(torch, _name), getattr(aten, _name).default), (_name,))
 _register("neg", _unary, (operator.neg,), ("__neg__",))
+_register("clone", _unary, (torch.clone, aten.clone.default), ("clone",))
 _register("silu", _unary, (F.silu, aten.silu.default), ())
 _register("gelu", _gelu, (F.gelu, aten.gelu.default), ())
 _register("pow", _pow, (torch.pow, operator.pow, aten.pow.Tensor_Scalar), ("pow", "__pow__"))

@@ -4,6 +4,9 @@ A module pass: it changes what the captured graphs' inputs are (packed buffers i
 so it runs on the module tree ahead of every graph pass. Captured graphs then call `slipstream::quant_linear`,
 which fuse-lora-linear folds peft's adapters into. Formats and layouts: docs/quantization.md.
 
+Layers bitsandbytes already quantized (`Linear4bit` NF4, `Linear8bitLt` int8) are read as they are, sharing their
+bytes (the formats are bit-compatible), whatever `format` says: re-quantizing would only add error.
+
 Never touched: embeddings and norms (not linears), a linear whose weight is tied to an embedding (the output
 head of tied-embedding models), peft's adapter weights (lora_A / lora_B: they are what training updates), and by
 default `lm_head` (bitsandbytes and QLoRA keep the output head dense too; `include` can ask for it).
@@ -13,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .base import ModulePass, PassOptions, PassStats, Rejection, path_selected
@@ -59,6 +63,38 @@ def _refusal(path: str, linear: nn.Linear, tied: set[int], options: QuantizeWeig
     return None
 
 
+def _from_bitsandbytes(module: nn.Module):
+    """(QuantLinear sharing a bitsandbytes layer's bytes, None) or (None, why not); (None, None) if `module` is not
+    a bitsandbytes layer at all."""
+    from slipstream.kernels.quant_formats import QuantizedWeight, from_bnb
+    from slipstream.modules import QuantLinear
+
+    # peft's LoRA wrappers reuse the names Linear4bit / Linear8bitLt: the module must be bitsandbytes' own linear
+    if not type(module).__module__.startswith("bitsandbytes") or not isinstance(module, nn.Linear):
+        return None, None
+    kind, weight = type(module).__name__, getattr(module, "weight", None)
+    if kind == "Linear4bit":
+        if getattr(weight, "quant_state", None) is None:
+            return None, "bitsandbytes Linear4bit not quantized yet (move it to its device first)"
+        try:
+            return QuantLinear(from_bnb(weight.data, weight.quant_state), module.bias), None
+        except ValueError as e:
+            return None, str(e)
+    if kind == "Linear8bitLt":
+        # LLM.int8's row-wise absmax: W = CB * SCB / 127, our int8 format with scale = SCB / 127. bitsandbytes
+        # moves SCB from the weight to module.state on the first forward.
+        scb = getattr(weight, "SCB", None)
+        scb = scb if scb is not None else getattr(getattr(module, "state", None), "SCB", None)
+        if weight is None or weight.dtype != torch.int8 or scb is None:
+            return None, "bitsandbytes Linear8bitLt without int8 weights and row scales (has_fp16_weights=True?)"
+        dtype = module.bias.dtype if module.bias is not None else torch.float16
+        scales = scb.float() / 127.0
+        quantized = QuantizedWeight("int8", weight.data, scales, torch.empty(0, device=scales.device), 0,
+                                    tuple(weight.shape), dtype)
+        return QuantLinear(quantized, module.bias), None
+    return None, f"bitsandbytes {kind} is not a format slipstream reads (Linear4bit nf4, Linear8bitLt)"
+
+
 def _mb(n: float) -> str:
     return f"{n / 2**20:.2f} MiB"
 
@@ -92,10 +128,29 @@ class QuantizeWeights(ModulePass):
         if before:
             notes.append(f"{spec.format} weights of {len(stats.matches)} linear(s): {_mb(before)} -> {_mb(after)} "
                          f"({after / before:.3f}x)")
+        read = self._read_bitsandbytes(model, stats)
+        if read:
+            notes.append(f"read {read} bitsandbytes layer(s) as they are (bit-compatible formats, no re-quantization)")
         if adapters:
             notes.append(f"kept {len(adapters)} LoRA adapter linear(s) dense (they are what training updates)")
-        others = [m for p, m in model.named_modules() if type(m) is not nn.Linear and isinstance(m, nn.Linear)]
+        others = [m for p, m in model.named_modules() if type(m) is not nn.Linear and isinstance(m, nn.Linear)
+                  and not isinstance(m, QuantLinear)]
         if others:
             kinds = sorted({type(m).__name__ for m in others})
             notes.append(f"left as they are: {len(others)} nn.Linear subclass module(s) ({', '.join(kinds)})")
         return stats, notes
+
+    @staticmethod
+    def _read_bitsandbytes(model: nn.Module, stats: PassStats) -> int:
+        read = 0
+        for path, module in list(model.named_modules()):
+            quantized, reason = _from_bitsandbytes(module)
+            if reason is not None:
+                stats.rejections.append(Rejection("bitsandbytes", path, reason))
+            if quantized is None:
+                continue
+            parent_path, _, child = path.rpartition(".")
+            setattr(model.get_submodule(parent_path) if parent_path else model, child, quantized)
+            stats.matches.append(("bitsandbytes", path))
+            read += 1
+        return read

@@ -123,3 +123,40 @@ def test_refuses_an_adapter_reading_another_tensor():
     [(_, _, reason)] = report.refusals(PASS)
     assert "not the base layer's input" in reason
     assert_agrees(opt, ref, x, z)
+
+
+def test_bitsandbytes_4bit_and_8bit_bases_are_read_and_fused():
+    """A peft model on bitsandbytes layers: quantize-weights reads the bnb bytes as they are (no re-quantization),
+    fuse-lora-linear folds peft's bnb wrappers (clone, output cast) into lora_linear, and the outputs equal bnb's."""
+    bnb = pytest.importorskip("bitsandbytes")
+    model = models.build("llama")
+    torch.manual_seed(4)
+    for layer in model.model.layers:  # bnb layers built from the dense weights, as from_pretrained would
+        for parent, name, make in ((layer.self_attn, "q_proj", "4bit"), (layer.mlp, "down_proj", "8bit")):
+            dense = getattr(parent, name)
+            if make == "4bit":
+                q = bnb.nn.Linear4bit(dense.in_features, dense.out_features, bias=False, quant_type="nf4",
+                                      compute_dtype=torch.float32)
+                q.weight = bnb.nn.Params4bit(dense.weight.data.clone(), requires_grad=False, quant_type="nf4")
+            else:
+                q = bnb.nn.Linear8bitLt(dense.in_features, dense.out_features, bias=False, has_fp16_weights=False)
+                q.weight = bnb.nn.Int8Params(dense.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
+            setattr(parent, name, q.to("cpu"))
+    ref = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=["q_proj", "down_proj"], lora_dropout=0.0))
+    for n, p in ref.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.05)
+    ids = models.token_batch()
+    with torch.no_grad():
+        want = ref(ids).logits
+    opt = slipstream.optimize(copy.deepcopy(ref), pipeline=f"quantize-weights{{include=none}}, {PASS}")
+    report = slipstream.report(opt)
+    assert report.fused("quantize-weights") == 4  # the bnb layers, read as they are (include=none selects no others)
+    assert {p for r, p in report.passes["quantize-weights"].matches if r == "bitsandbytes"} == {
+        f"base_model.model.model.layers.{i}.{m}.base_layer" for i in (0, 1) for m in ("self_attn.q_proj",
+                                                                                      "mlp.down_proj")}
+    assert report.fused(PASS) == 4 and report.refusals(PASS) == []
+    bnb_bases = [m for p, m in opt.named_modules() if p.endswith(("q_proj.base_layer", "down_proj.base_layer"))]
+    assert {m.fmt for m in bnb_bases} == {"nf4", "int8"}
+    with torch.no_grad():
+        assert max_rel_error(opt(ids).logits, want) <= 1e-3  # bnb's own int8 matmul rounds x to int8 too
