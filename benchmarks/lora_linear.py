@@ -90,10 +90,10 @@ def _peak_rss_step(variant: str) -> None:
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                          num_key_value_heads=8, vocab_size=32000)
-    model = get_peft_model(LlamaForCausalLM(config).to(torch.bfloat16),
+    model = get_peft_model(LlamaForCausalLM(config),  # fp32: CPU bf16 matmuls are too slow for a benchmark
                            LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
     slipstream.optimize(model, pipeline="train-qlora" if variant == "nf4" else "train", warmup=False)
-    ids = torch.randint(0, config.vocab_size, (1, 64))
+    ids = torch.randint(0, config.vocab_size, (1, 16))
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS counter
     loss = model(input_ids=ids, labels=ids).loss

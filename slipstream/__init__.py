@@ -58,6 +58,12 @@ def merge_lora(model: nn.Module, dtype=None) -> dict:
     return merge(model, dtype)
 
 
+def export(model: Any, path: Any, format: str = "gguf", quant: str = "f16", **options: Any):
+    """Write `model` (nn.Module or checkpoint directory) as a GGUF file; see slipstream.export / docs/gguf.md."""
+    from .backends.exporter import export as write
+    return write(model, path, format, quant, **options)
+
+
 def restore(model: nn.Module) -> nn.Module:
     """Undo optimize(): every unit runs its original forward again."""
     from .backends.module import detach
@@ -65,4 +71,4 @@ def restore(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["optimize", "explain", "report", "restore", "merge_lora", "__version__"]
+__all__ = ["optimize", "explain", "report", "restore", "merge_lora", "export", "__version__"]

@@ -1,0 +1,128 @@
+"""The GGUF writer: plan every tensor (name, shape, type) from shapes alone, write the header, then convert,
+quantize and write the tensors one at a time, so peak memory is about one tensor plus the metadata.
+
+The file appears atomically: everything goes to a hidden temp file in the target directory, renamed over the
+target only after the last byte is written; any error (or Ctrl-C) removes the temp file and leaves an existing
+target untouched. The container format is written by the `gguf` package (llama.cpp's own Python writer); the
+tensor conversion and quantization are ours (quants.py).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .arch import Arch, ExportError, extra_tensors, metadata, transform
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    gguf_name: str
+    hf_name: Optional[str]        # None for tensors GGUF adds (rope_freqs)
+    shape: tuple[int, ...]
+    qtype: Any                    # gguf.GGMLQuantizationType
+
+
+def plan(source, arch: Arch, quant: str) -> list[PlannedTensor]:
+    """Every tensor of the file in order, or ExportError naming the first checkpoint tensor GGUF has no name for."""
+    import gguf
+
+    from .quants import tensor_type
+
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.name.upper()], arch.n_layers)
+    tied = bool(getattr(arch.config, "tie_word_embeddings", False))
+    planned = []
+    for hf_name in source.names():
+        if tied and hf_name.endswith("lm_head.weight"):
+            continue  # tied embeddings: llama.cpp reuses token_embd
+        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ExportError(f"checkpoint tensor {hf_name!r} has no {arch.name} GGUF name: this checkpoint is not "
+                              f"a plain {arch.name} model (extra modules?); nothing was written")
+        shape = source.shape(hf_name)
+        qtype = tensor_type(gguf_name, shape, quant, arch.n_layers, tied_embeddings=tied)
+        planned.append(PlannedTensor(gguf_name, hf_name, shape, qtype))
+    for name, data in extra_tensors(arch).items():
+        planned.append(PlannedTensor(name, None, data.shape, gguf.GGMLQuantizationType.F32))
+    names = {t.gguf_name for t in planned}
+    if "token_embd.weight" not in names:
+        raise ExportError("the checkpoint has no token embedding (model.embed_tokens.weight): incomplete checkpoint")
+    return planned
+
+
+def _nbytes(shape: tuple[int, ...], qtype: Any) -> int:
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return int(np.prod(shape)) // block * size
+
+
+def write(path: str | Path, source, arch: Arch, quant: str, tokenizer_meta: list, extra_meta: dict[str, str],
+          threads: int = 0, progress: bool = True) -> Path:
+    """Write the GGUF file at `path` (atomically); returns the path."""
+    import gguf
+
+    from .quants import file_type, quantize_rows_parallel
+
+    path = Path(path)
+    planned = plan(source, arch, quant)
+    threads = threads or min(8, os.cpu_count() or 1)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(fd)
+    writer = None
+    try:
+        writer = gguf.GGUFWriter(tmp, arch.name)
+        # general.name: llama.cpp keys some vocab fix-ups on it (e.g. "phi3" expects Phi-3's SentencePiece tokens),
+        # so an unnamed in-memory model must not borrow its architecture's name
+        writer.add_name(str(getattr(arch.config, "_name_or_path", "") or "model"))
+        writer.add_file_type(file_type(quant))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        for call in metadata(arch):
+            call(writer)
+        for key, value, vtype in tokenizer_meta:
+            writer.add_key_value(key, value, vtype)
+        for key, value in extra_meta.items():
+            writer.add_string(key, value)
+        for t in planned:
+            writer.add_tensor_info(t.gguf_name, t.shape, np.dtype(np.float32), _nbytes(t.shape, t.qtype), t.qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        bar = _progress(planned, progress)
+        for t in planned:
+            data = extra_tensors(arch)[t.gguf_name] if t.hf_name is None else \
+                transform(arch, t.hf_name, source.load(t.hf_name))
+            raw = quantize_rows_parallel(np.ascontiguousarray(data, dtype=np.float32), t.qtype, threads)
+            writer.write_tensor_data(raw)
+            if bar is not None:
+                bar.set_postfix_str(f"{t.gguf_name} {t.qtype.name}", refresh=False)
+                bar.update(raw.nbytes)
+        writer.close()
+        writer = None
+        if bar is not None:
+            bar.close()
+        os.replace(tmp, path)
+        return path
+    except BaseException:
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _progress(planned: list[PlannedTensor], enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    total = sum(_nbytes(t.shape, t.qtype) for t in planned)
+    return tqdm(total=total, unit="B", unit_scale=True, desc="gguf", leave=False)

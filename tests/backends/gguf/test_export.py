@@ -1,0 +1,219 @@
+"""GGUF export, proven in llama.cpp: F32/F16 logits of six tiny families against transformers, a Q4_K_M file
+against transformers on the dequantized weights, a merged LoRA, a checkpoint directory read lazily, and bad input
+(no file left behind)."""
+from __future__ import annotations
+
+import copy
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import models
+import slipstream
+from slipstream.backends.gguf.arch import ExportError
+from slipstream.demo import load_tokenizer
+
+llama_cpp = pytest.importorskip("llama_cpp")
+gguf = pytest.importorskip("gguf")
+
+VOCAB = 128256  # the Llama 3 tokenizer the files carry
+PROMPT = 30
+FAMILY_OVERRIDES = {"gemma2": dict(query_pre_attn_scalar=16), "gemma3": dict(query_pre_attn_scalar=16)}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+def build(family: str, **overrides):
+    model = models.build(family, vocab_size=VOCAB, **{**FAMILY_OVERRIDES.get(family, {}), **overrides})
+    return model.eval()
+
+
+def prompt_ids(seed: int = 5) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return [1] + torch.randint(1000, 100000, (PROMPT - 1,), generator=g).tolist()
+
+
+def llama_cpp_logits(path: Path, ids: list[int]) -> np.ndarray:
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, type_k=0, type_v=0,
+                          n_threads=1)
+    llm.eval(ids)
+    return np.array(llm.scores[:len(ids)], dtype=np.float64)
+
+
+def hf_logits(model, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].double().numpy()
+
+
+def assert_logits(got: np.ndarray, want: np.ndarray, atol: float) -> None:
+    assert np.abs(got - want).max() <= atol, np.abs(got - want).max()
+    assert (got.argmax(-1) == want.argmax(-1)).mean() == 1.0
+
+
+class Fp16TableGelu(torch.nn.Module):
+    """llama.cpp's CPU GELU reads an fp16 lookup table (GGML_GELU_FP16): input and output rounded to fp16. That
+    alone parts Gemma's logits from transformers' by ~3e-4; with it emulated they agree to ~2e-5."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.act = act
+
+    def forward(self, x):
+        return self.act(x.half().float()).half().float()
+
+
+def as_llama_cpp_computes(model):
+    if model.config.model_type.startswith("gemma"):
+        for layer in model.model.layers:
+            layer.mlp.act_fn = Fp16TableGelu(layer.mlp.act_fn)
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"])
+def test_f32_and_f16_files_match_transformers_in_llama_cpp(family, tokenizer, tmp_path):
+    model = build(family)
+    ids = prompt_ids()
+    plain = hf_logits(model, ids)
+    want = hf_logits(as_llama_cpp_computes(copy.deepcopy(model)), ids)
+    assert_logits(want, plain, 1e-3)  # the emulation is a small change
+    for quant, atol in (("f32", 1e-4), ("f16", 2e-2)):
+        path = slipstream.export(model, tmp_path / f"{family}-{quant}.gguf", quant=quant, tokenizer=tokenizer,
+                                 progress=False)
+        assert_logits(llama_cpp_logits(path, ids), want, atol)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{family}-f16.gguf", f"{family}-f32.gguf"]
+
+
+def _dequantized_model(model, path: Path):
+    """`model` with every weight replaced by what the GGUF file stores for it (gguf's own dequantizer)."""
+    reader = gguf.GGUFReader(path)
+    stored = {t.name: gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape.tolist())))
+              for t in reader.tensors}
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, model.config.num_hidden_layers)
+    state = model.state_dict()
+    for name in state:
+        gguf_name = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
+        state[name] = torch.from_numpy(np.ascontiguousarray(stored[gguf_name])).reshape(state[name].shape)
+    model.load_state_dict(state)
+    return model, {t.name: t.tensor_type for t in reader.tensors}
+
+
+def test_q4_k_m_file_equals_llama_cpps_own_and_tracks_its_dequantized_weights(tokenizer, tmp_path):
+    """Our Q4_K_M file holds the tensors llama-quantize writes for the same F32 file (so llama.cpp computes the same
+    logits), and those logits follow transformers on the dequantized weights. Not to 1e-3: ggml's CPU K-quant dot
+    products quantize the activations to 8 bits as well, which on this model costs ~3e-2 (2 % of the largest logit)
+    for llama.cpp's own file exactly as for ours."""
+    model = build("qwen3", hidden_size=256, intermediate_size=512, head_dim=64)
+    ours = slipstream.export(model, tmp_path / "q4km.gguf", quant="q4_k_m", tokenizer=tokenizer, progress=False)
+    f32 = slipstream.export(model, tmp_path / "f32.gguf", quant="f32", tokenizer=tokenizer, progress=False)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    assert llama_cpp.llama_model_quantize(str(f32).encode(), str(tmp_path / "theirs.gguf").encode(), params) == 0
+    theirs = {t.name: (t.tensor_type, bytes(t.data)) for t in gguf.GGUFReader(tmp_path / "theirs.gguf").tensors}
+    mine = {t.name: (t.tensor_type, bytes(t.data)) for t in gguf.GGUFReader(ours).tensors}
+    assert mine.keys() == theirs.keys()
+    assert [n for n in mine if mine[n][0] != theirs[n][0]] == []
+    if platform.machine() == "x86_64":  # llama.cpp's quantizer is built without FMA there: bytes agree exactly
+        assert [n for n in mine if mine[n][1] != theirs[n][1]] == []
+    dequantized, types = _dequantized_model(model, ours)
+    Q = gguf.GGMLQuantizationType
+    # llama.cpp's use_more_bits: of 2 layers only the last gets the Q6_K ffn_down
+    assert types["blk.0.attn_q.weight"] == Q.Q4_K and types["blk.0.ffn_down.weight"] == Q.Q4_K
+    assert types["blk.1.ffn_down.weight"] == Q.Q6_K and types["output.weight"] == Q.Q6_K
+    assert types["blk.0.attn_norm.weight"] == Q.F32
+    ids = prompt_ids()
+    got, want = llama_cpp_logits(ours, ids), hf_logits(dequantized, ids)
+    np.testing.assert_array_equal(got, llama_cpp_logits(tmp_path / "theirs.gguf", ids))
+    assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
+
+
+def test_lora_is_merged(tokenizer, tmp_path):
+    peft = pytest.importorskip("peft")
+    base = build("llama")
+    model = peft.get_peft_model(build("llama"), peft.LoraConfig(r=4, target_modules="all-linear"))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.5)
+    merged = build("llama")
+    merged.load_state_dict(slipstream.merge_lora(model))
+    path = slipstream.export(model, tmp_path / "lora.gguf", quant="f32", tokenizer=tokenizer, progress=False)
+    ids = prompt_ids()
+    got = llama_cpp_logits(path, ids)
+    assert_logits(got, hf_logits(merged, ids), 1e-4)
+    assert np.abs(got - hf_logits(base, ids)).max() > 1e-2  # the adapter is in
+
+
+def test_checkpoint_directory_and_cli(tokenizer, tmp_path):
+    from slipstream.cli import main
+
+    model = build("qwen2")
+    model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    assert main(["export", "gguf", str(tmp_path / "ckpt"), str(tmp_path / "m.gguf"), "--quant", "f32", "--quiet",
+                 "--modelfile"]) == 0
+    assert (tmp_path / "Modelfile").read_text().strip().endswith("FROM ./m.gguf")
+    ids = prompt_ids()
+    assert_logits(llama_cpp_logits(tmp_path / "m.gguf", ids), hf_logits(model, ids), 1e-4)
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    template = reader.fields["tokenizer.chat_template"]
+    assert "start_header_id" in bytes(template.parts[template.data[0]]).decode()
+
+
+# ---- bad input: a clear error and nothing left behind -----------------------------------------------------------
+
+def _assert_nothing_written(directory: Path, keep: set[str] = frozenset()) -> None:
+    assert {p.name for p in directory.iterdir()} == set(keep)
+
+
+def test_unsupported_architecture_and_unknown_quant(tokenizer, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB))
+    with pytest.raises(ExportError, match="supported: .*llama.*qwen2"):
+        slipstream.export(gpt2, tmp_path / "x.gguf", tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="unknown GGUF quant 'q4_k_x'.*q4_k_m"):
+        slipstream.export(build("llama"), tmp_path / "x.gguf", quant="q4_k_x", tokenizer=tokenizer)
+    _assert_nothing_written(tmp_path)
+
+
+def test_corrupt_checkpoint_and_missing_config_keys(tokenizer, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    build("qwen2").save_pretrained(ckpt)
+    tokenizer.save_pretrained(ckpt)
+    weights = next(ckpt.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated download
+    with pytest.raises(ExportError, match="not a readable safetensors file"):
+        slipstream.export(ckpt, tmp_path / "x.gguf")
+    config = json.loads((ckpt / "config.json").read_text())
+    del config["num_hidden_layers"]
+    broken = tmp_path / "broken"
+    build("qwen2").save_pretrained(broken)
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match="num_hidden_layers"):
+        slipstream.export(broken, tmp_path / "x.gguf", tokenizer=tokenizer)
+    assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".x.gguf*"))
+
+
+def test_disk_full_leaves_no_file_and_keeps_an_existing_one(tokenizer, tmp_path, monkeypatch):
+    target = tmp_path / "m.gguf"
+    target.write_bytes(b"previous export")
+    calls = []
+
+    def full(self, tensor, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            raise OSError(28, "No space left on device")
+        return original(self, tensor, *args, **kwargs)
+    original = gguf.GGUFWriter.write_tensor_data
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", full)
+    with pytest.raises(OSError, match="No space left"):
+        slipstream.export(build("llama"), target, quant="q8_0", tokenizer=tokenizer, progress=False)
+    assert target.read_bytes() == b"previous export"
+    _assert_nothing_written(tmp_path, {"m.gguf"})
