@@ -90,6 +90,24 @@ def test_f32_and_f16_files_match_transformers_in_llama_cpp(family, tokenizer, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{family}-f16.gguf", f"{family}-f32.gguf"]
 
 
+LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=16)
+
+
+@pytest.mark.parametrize("family,overrides", [
+    ("mistral", {}),                                                   # a Mistral checkpoint is GGUF "llama"
+    ("llama", dict(head_dim=32, rope_scaling=LLAMA3_ROPE)),            # head_dim != hidden/heads, rope_freqs tensor
+    ("qwen2", dict(rope_scaling=dict(rope_type="linear", factor=4.0))),  # linear rope scaling
+], ids=["mistral", "llama-llama3-rope-head-dim", "qwen2-linear-rope"])
+def test_rope_scaling_head_dim_and_mistral(family, overrides, tokenizer, tmp_path):
+    model = build(family, **overrides)
+    path = slipstream.export(model, tmp_path / "m.gguf", quant="f32", tokenizer=tokenizer, progress=False)
+    names = {t.name for t in gguf.GGUFReader(path).tensors}
+    assert ("rope_freqs.weight" in names) == ("rope_scaling" in overrides and family == "llama")
+    ids = prompt_ids()
+    assert_logits(llama_cpp_logits(path, ids), hf_logits(model, ids), 1e-4)
+
+
 def _dequantized_model(model, path: Path):
     """`model` with every weight replaced by what the GGUF file stores for it (gguf's own dequantizer)."""
     reader = gguf.GGUFReader(path)
