@@ -57,8 +57,8 @@ def llama_cpp_converter(work: Path) -> Path:
                     "llama-cpp-python==0.3.36", "-d", str(work)], check=True, capture_output=True)
     sdist = next(work.glob("llama_cpp_python-*.tar.gz"))
     with tarfile.open(sdist) as tar:
-        members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name and
-                   ("/gguf-py/" in m.name or m.name.endswith(("convert_hf_to_gguf.py", "/convert_hf_to_gguf_update.py")))]
+        members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name and m.isfile() and
+                   ("/gguf-py/" in m.name or "/conversion/" in m.name or m.name.endswith(".py"))]
         for m in members:
             m.name = "llama.cpp/" + m.name.split("/vendor/llama.cpp/", 1)[1]
         tar.extractall(work, members=members)
@@ -68,12 +68,16 @@ def llama_cpp_converter(work: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=None, help="folder for the checkpoint and outputs (kept)")
+    parser.add_argument("--make-checkpoint", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make_checkpoint:
+        return make_checkpoint(args.make_checkpoint)
     work = args.work or Path(tempfile.mkdtemp(prefix="gguf-bench-"))
     ckpt = work / "qwen2.5-0.5b-shaped"
     if not (ckpt / "config.json").exists():
         print(f"building the checkpoint in {ckpt} ...", flush=True)
-        make_checkpoint(ckpt)
+        # in a child: a forked child's peak RSS (wait4) would otherwise start at this process's size
+        subprocess.run([sys.executable, __file__, "--make-checkpoint", str(ckpt)], check=True)
     rows = {}
     for quant in ("f16", "q8_0", "q4_k_m"):
         rows[f"slipstream {quant}"] = run([sys.executable, "-m", "slipstream", "export", "gguf", str(ckpt),

@@ -2,21 +2,15 @@
 Face checkpoint directory read lazily from safetensors, one tensor at a time (never the whole model in memory)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
 from .arch import ExportError
 
 # Buffers HF models carry that are not weights (recomputed by every runtime).
 _SKIP_SUFFIXES = ("rotary_emb.inv_freq", ".original_inv_freq")
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(torch.float32).cpu().numpy()
 
 
 class ModelSource:
@@ -37,8 +31,8 @@ class ModelSource:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._state[name].shape)
 
-    def load(self, name: str) -> np.ndarray:
-        return _numpy(self._state[name])
+    def load(self, name: str) -> torch.Tensor:
+        return self._state[name].detach()
 
 
 class CheckpointSource:
@@ -85,12 +79,13 @@ class CheckpointSource:
             return tuple(s.get_shape())
         raise KeyError(name)
 
-    def load(self, name: str) -> np.ndarray:
+    def load(self, name: str) -> torch.Tensor:
+        """The tensor in its stored dtype (the writer converts it to fp32 a slice of rows at a time)."""
         from safetensors import safe_open
 
         try:
             with safe_open(self._where[name], framework="pt") as st:
-                return _numpy(st.get_tensor(name))
+                return st.get_tensor(name)
         except Exception as e:
             raise ExportError(f"tensor {name!r} in {self._where[name]} could not be read: {e}") from e
 
@@ -101,8 +96,3 @@ class CheckpointSource:
             return AutoTokenizer.from_pretrained(self.path)
         except Exception as e:
             raise ExportError(f"no usable tokenizer in {self.path} ({e}); pass tokenizer=... to export") from e
-
-
-def generation_eos(path: Path) -> Any:
-    cfg = path / "generation_config.json"
-    return json.loads(cfg.read_text()).get("eos_token_id") if cfg.is_file() else None

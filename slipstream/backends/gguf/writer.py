@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import torch
 
 from .arch import Arch, ExportError, extra_tensors, metadata, transform
 
@@ -66,7 +67,7 @@ def write(path: str | Path, source, arch: Arch, quant: str, tokenizer_meta: list
     """Write the GGUF file at `path` (atomically); returns the path."""
     import gguf
 
-    from .quants import file_type, quantize_rows_parallel
+    from .quants import file_type
 
     path = Path(path)
     planned = plan(source, arch, quant)
@@ -94,9 +95,9 @@ def write(path: str | Path, source, arch: Arch, quant: str, tokenizer_meta: list
         writer.write_ti_data_to_file()
         bar = _progress(planned, progress)
         for t in planned:
-            data = extra_tensors(arch)[t.gguf_name] if t.hf_name is None else \
+            data = torch.from_numpy(extra_tensors(arch)[t.gguf_name]) if t.hf_name is None else \
                 transform(arch, t.hf_name, source.load(t.hf_name))
-            raw = quantize_rows_parallel(np.ascontiguousarray(data, dtype=np.float32), t.qtype, threads)
+            raw = _convert(data, t.qtype, threads)
             writer.write_tensor_data(raw)
             if bar is not None:
                 bar.set_postfix_str(f"{t.gguf_name} {t.qtype.name}", refresh=False)
@@ -115,6 +116,27 @@ def write(path: str | Path, source, arch: Arch, quant: str, tokenizer_meta: list
                 pass
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_CHUNK_ELEMENTS = 1 << 22  # rows converted to fp32 and quantized per step: ~16 MB of fp32 at a time
+
+
+def _convert(data: "torch.Tensor", qtype, threads: int) -> np.ndarray:
+    """Quantize a tensor (any float dtype) into its GGUF bytes, a slice of rows at a time, so the fp32 copy of a
+    large tensor (a 150k-token embedding) never exists whole: peak is the stored tensor plus its output bytes."""
+    from .quants import quantize_rows_parallel
+
+    if data.dim() < 2:
+        return quantize_rows_parallel(data.float().cpu().numpy(), qtype, threads)
+    rows = data.reshape(-1, data.shape[-1])
+    step = max(1, _CHUNK_ELEMENTS // rows.shape[1])
+    out, offset = np.empty(_nbytes(tuple(data.shape), qtype), dtype=np.uint8), 0
+    for i in range(0, rows.shape[0], step):
+        part = quantize_rows_parallel(np.ascontiguousarray(rows[i:i + step].float().cpu().numpy()), qtype, threads)
+        part = part.reshape(-1).view(np.uint8)
+        out[offset:offset + part.size] = part
+        offset += part.size
+    return out
 
 
 def _progress(planned: list[PlannedTensor], enabled: bool):
