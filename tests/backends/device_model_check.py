@@ -29,10 +29,12 @@ def _loss(model, ids):
 
 
 def _errors(model, reference, ids) -> float:
-    """Largest relative error of `model`'s logits and parameter grads against `reference`'s (grads already set)."""
+    """Largest relative error of `model`'s logits and parameter grads against `reference`'s (grads already set),
+    parameters matched by name (a quantized model has no base weights among its parameters)."""
+    ref = dict(reference.named_parameters())
     return max([max_rel_error(model.last_logits, reference.last_logits)]
-               + [max_rel_error(a.grad, b.grad.to(a.grad.dtype)) for a, b in
-                  zip(model.parameters(), reference.parameters()) if b.grad is not None])
+               + [max_rel_error(p.grad, ref[n].grad.to(p.grad.dtype)) for n, p in model.named_parameters()
+                  if p.grad is not None and ref[n].grad is not None])
 
 
 def _step(model, ids):
@@ -72,6 +74,33 @@ def check(family: str, dtype: torch.dtype, device: str) -> bool:
     return ok
 
 
+def check_qlora(family: str, dtype: torch.dtype, device: str) -> bool:
+    """train-qlora (NF4 base + fused LoRA) against plain peft on the same base dequantized: logits and LoRA grads."""
+    from peft import LoraConfig, get_peft_model
+
+    from slipstream.modules import QuantLinear
+    torch.manual_seed(0)
+    model = get_peft_model(build(family, dtype=dtype), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.05)
+    model = model.to(device)
+    reference = copy.deepcopy(model)
+    slipstream.optimize(model, pipeline="train-qlora")
+    for path, module in model.named_modules():
+        if isinstance(module, QuantLinear):
+            reference.get_submodule(path).weight.data = module.dequantize()
+    ids = token_batch(batch=2, seq=40).to(device)
+    _step(model, ids)
+    _step(reference, ids)
+    err = _errors(model, reference, ids)
+    ok = err <= tolerance(dtype).max_rel
+    fused = slipstream.report(model).fused("fuse-lora-linear")
+    print(f"{'ok ' if ok else 'BAD'} {family:<8} {str(dtype):<15} qlora max rel err {err:.2e}  lora linears fused "
+          f"{fused}", flush=True)
+    return ok and fused == 7 * model.config.num_hidden_layers
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -89,6 +118,13 @@ def main() -> int:
                 results.append(check(family, dtype, args.device))
             except Exception:  # one family's failure must not hide the others' results
                 print(f"ERR {family:<8} {str(dtype):<15}\n{traceback.format_exc(limit=-4)}", flush=True)
+                results.append(False)
+    for family in ("llama", "qwen3"):
+        for dtype in (torch.float32, torch.bfloat16):
+            try:
+                results.append(check_qlora(family, dtype, args.device))
+            except Exception:
+                print(f"ERR {family:<8} {str(dtype):<15} qlora\n{traceback.format_exc(limit=-4)}", flush=True)
                 results.append(False)
     print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
     return 0 if all(results) else 1

@@ -32,7 +32,7 @@ def _grads(out, inputs, go):
 def _compare(name, fn, oracle, inputs, dtype) -> bool:
     """fn(*inputs) vs oracle(*inputs in float64): outputs and grads of the first two inputs (the activations;
     rope's cos/sin and attention's v are inputs too, v is differentiated as well), max relative error."""
-    n_diff = 3 if name.startswith("attention") else 2
+    n_diff = 3 if name.startswith(("attention", "lora")) else 2
     xs = [x.detach().clone().requires_grad_(i < n_diff) for i, x in enumerate(inputs)]
     refs = [x.detach().double().requires_grad_(i < n_diff) for i, x in enumerate(inputs)]
     out, want = fn(*xs), oracle(*refs)
@@ -68,6 +68,25 @@ def _varlen_oracle(q, k, v, cu, scale):
     return torch.cat(pieces)
 
 
+def _lora_checks(device: str, small: bool, dtype: torch.dtype):
+    """lora_linear on each quantized format: x, A and B differentiated, against x W^T + s (x A^T) B^T in float64 on
+    the exactly dequantized W."""
+    from slipstream.kernels.lora_linear import lora_linear_op
+    from slipstream.kernels.quant_formats import QuantSpec, quantize
+
+    tokens, k, n, r = (37, 96, 200, 8) if small else (1024, 4096, 4096, 16)
+    for label, spec in (("nf4", QuantSpec("nf4")), ("int4-g128-asym", QuantSpec("int4", 128, symmetric=False)),
+                        ("int8", QuantSpec("int8")), ("fp8", QuantSpec("fp8"))):
+        q = quantize(torch.randn(n, k, device=device) * k ** -0.5, spec)
+        w64 = q.dequantize(torch.float32).double()
+        inputs = (torch.randn(tokens, k, device=device, dtype=dtype), torch.randn(r, k, device=device, dtype=dtype)
+                  * k ** -0.5, torch.randn(n, r, device=device, dtype=dtype) * r ** -0.5)
+        yield (f"lora_linear {label}",
+               lambda x, a, b, q=q: lora_linear_op(x, q.packed, q.scales, q.aux, q.fmt, q.group, n, None, [x], [a],
+                                                   [b], [2.0]),
+               lambda x, a, b, w64=w64: x @ w64.t() + 2.0 * (x @ a.t()) @ b.t(), inputs, dtype)
+
+
 def checks(device: str, small: bool):
     rows, hidden, s, t = (37, 97, 17, 150) if small else (4096, 4096, 1024, 4096)
     for dtype in (torch.float32, torch.bfloat16):
@@ -94,6 +113,7 @@ def checks(device: str, small: bool):
         yield "attention varlen", \
             (lambda q, k, v, cu=cu, n=max(lengths): K.attention_varlen(q, k, v, cu, cu, n, n, scale=0.125)), \
             (lambda q, k, v, cu=cu: _varlen_oracle(q, k, v, cu, 0.125)), (q, k, v), dtype
+        yield from _lora_checks(device, small, dtype)
 
 
 def main() -> int:
