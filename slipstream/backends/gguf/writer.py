@@ -9,6 +9,7 @@ tensor conversion and quantization are ours (quants.py).
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,34 @@ class PlannedTensor:
     hf_name: Optional[str]        # None for tensors GGUF adds (rope_freqs)
     shape: tuple[int, ...]
     qtype: Any                    # gguf.GGMLQuantizationType
+
+
+def _fast_writer_class():
+    """gguf.GGUFWriter packing long metadata arrays in bulk: the base class packs each of a 150k-token vocabulary's
+    ~455k tokens, merges and types with its own struct call (2.8 s); the bytes are the same (tested)."""
+    import gguf
+
+    V = gguf.GGUFValueType
+    numeric = {V.INT32: "<i4", V.UINT32: "<u4", V.FLOAT32: "<f4"}
+
+    class BulkWriter(gguf.GGUFWriter):
+        def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+            if vtype != V.ARRAY or not isinstance(val, (list, tuple)) or len(val) < 256 \
+                    or self.endianess != gguf.GGUFEndian.LITTLE:
+                return super()._pack_val(val, vtype, add_vtype, sub_type)
+            ltype = sub_type if sub_type is not None else V.get_type(val[0])
+            if ltype == V.STRING and all(isinstance(v, str) for v in val):
+                encoded = [v.encode("utf-8") for v in val]
+                lengths = np.fromiter((len(e) for e in encoded), dtype="<u8", count=len(encoded))
+                body = b"".join(n + e for n, e in zip((int(x).to_bytes(8, "little") for x in lengths), encoded))
+            elif ltype in numeric and all(V.get_type(v) is ltype for v in val):
+                body = np.asarray(val, dtype=numeric[ltype]).tobytes()
+            else:
+                return super()._pack_val(val, vtype, add_vtype, sub_type)
+            head = struct.pack("<I", int(V.ARRAY)) if add_vtype else b""
+            return head + struct.pack("<IQ", int(ltype), len(val)) + body
+
+    return BulkWriter
 
 
 def plan(source, arch: Arch, quant: str) -> list[PlannedTensor]:
@@ -76,7 +105,7 @@ def write(path: str | Path, source, arch: Arch, quant: str, tokenizer_meta: list
     os.close(fd)
     writer = None
     try:
-        writer = gguf.GGUFWriter(tmp, arch.name)
+        writer = _fast_writer_class()(tmp, arch.name)
         # general.name: llama.cpp keys some vocab fix-ups on it (e.g. "phi3" expects Phi-3's SentencePiece tokens),
         # so an unnamed in-memory model must not borrow its architecture's name
         writer.add_name(str(getattr(arch.config, "_name_or_path", "") or "model"))
@@ -124,8 +153,14 @@ _CHUNK_ELEMENTS = 1 << 22  # rows converted to fp32 and quantized per step: ~16 
 def _convert(data: "torch.Tensor", qtype, threads: int) -> np.ndarray:
     """Quantize a tensor (any float dtype) into its GGUF bytes, a slice of rows at a time, so the fp32 copy of a
     large tensor (a 150k-token embedding) never exists whole: peak is the stored tensor plus its output bytes."""
+    import gguf
+
     from .quants import quantize_rows_parallel
 
+    direct = {gguf.GGMLQuantizationType.F32: torch.float32, gguf.GGMLQuantizationType.F16: torch.float16,
+              gguf.GGMLQuantizationType.BF16: torch.bfloat16}
+    if qtype in direct and data.is_floating_point():  # one torch cast (round to nearest even, like gguf's numpy)
+        return data.to(direct[qtype]).contiguous().cpu().view(torch.uint8).numpy().reshape(-1)
     if data.dim() < 2:
         return quantize_rows_parallel(data.float().cpu().numpy(), qtype, threads)
     rows = data.reshape(-1, data.shape[-1])
