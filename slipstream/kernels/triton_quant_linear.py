@@ -268,6 +268,15 @@ def _lora_args(lora_xa, lora_b, m: int, n: int, x: torch.Tensor) -> tuple:
     return xa, b, r, xa.stride(0), b.stride(0)
 
 
+def _prologue(op: str, a: torch.Tensor, reduced: int, out: int, weight: tuple):
+    """(a as rows, the empty [rows, out] result, the weight's launch arguments) after checking a's last dim."""
+    if a.shape[-1] != reduced:
+        raise ValueError(f"{op}: input last dim {a.shape[-1]} != {reduced}, the weight's matching dimension")
+    a2 = as_rows(a)
+    result = torch.empty((a2.shape[0], out), dtype=a.dtype, device=a.device)
+    return a2, result, (_weight_args(*weight) if result.numel() else (None, None))
+
+
 def quant_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, aux: torch.Tensor, fmt: str,
                  group: int, n: int, k: int, lora_xa: Optional[torch.Tensor] = None,
                  lora_b: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -275,14 +284,10 @@ def quant_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, au
 
     lora_xa [..., R] (already scaled) and lora_b [N, R] are optional together (their tiles are cast to x's
     dtype for the dot); bias [N] optional. fp32 accumulation; fp32 x uses true fp32 (ieee) dots."""
-    if x.shape[-1] != k:
-        raise ValueError(f"quant_matmul: x last dim {x.shape[-1]} != in_features {k}")
-    x2 = as_rows(x)
-    m = x2.shape[0]
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    x2, y, (wargs, wkw) = _prologue("quant_matmul", x, k, n, (packed, scales, aux, fmt, group, n, k))
     if y.numel() == 0:
         return y.reshape(*x.shape[:-1], n)
-    wargs, wkw = _weight_args(packed, scales, aux, fmt, group, n, k)
+    m = x2.shape[0]
     xa, b, r, stride_am, stride_bn = _lora_args(lora_xa, lora_b, m, n, x2)
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"quant_matmul: bias shape {tuple(bias.shape)} != ({n},)")
@@ -304,14 +309,10 @@ def quant_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, au
 def quant_matmul_t(dy: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, aux: torch.Tensor, fmt: str,
                    group: int, n: int, k: int) -> torch.Tensor:
     """dx [..., K] (dy's dtype) = dy @ deq(W), dy [..., N]: the input gradient of quant_matmul (no LoRA part)."""
-    if dy.shape[-1] != n:
-        raise ValueError(f"quant_matmul_t: dy last dim {dy.shape[-1]} != out_features {n}")
-    dy2 = as_rows(dy)
-    m = dy2.shape[0]
-    dx = torch.empty((m, k), dtype=dy.dtype, device=dy.device)
+    dy2, dx, (wargs, wkw) = _prologue("quant_matmul_t", dy, n, k, (packed, scales, aux, fmt, group, n, k))
     if dx.numel() == 0:
         return dx.reshape(*dy.shape[:-1], k)
-    wargs, wkw = _weight_args(packed, scales, aux, fmt, group, n, k)
+    m = dy2.shape[0]
     # Same tiles as the forward with N and K swapped: [BLOCK_M, BLOCK_K] outputs, N reduced in BLOCK_N steps.
     block_m, block_k, block_n, warps, stages = _mm_config(m, dy.dtype, dy.device)
     block_k = _block_k(fmt, group, block_k)
