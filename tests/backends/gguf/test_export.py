@@ -98,14 +98,19 @@ LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_fre
     ("mistral", {}),                                                   # a Mistral checkpoint is GGUF "llama"
     ("llama", dict(head_dim=32, rope_scaling=LLAMA3_ROPE)),            # head_dim != hidden/heads, rope_freqs tensor
     ("qwen2", dict(rope_scaling=dict(rope_type="linear", factor=4.0))),  # linear rope scaling
-], ids=["mistral", "llama-llama3-rope-head-dim", "qwen2-linear-rope"])
+    ("qwen2", dict(rope_scaling=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16))),
+], ids=["mistral", "llama-llama3-rope-head-dim", "qwen2-linear-rope", "qwen2-yarn"])
 def test_rope_scaling_head_dim_and_mistral(family, overrides, tokenizer, tmp_path):
     model = build(family, **overrides)
     path = slipstream.export(model, tmp_path / "m.gguf", quant="f32", tokenizer=tokenizer, progress=False)
     names = {t.name for t in gguf.GGUFReader(path).tensors}
     assert ("rope_freqs.weight" in names) == ("rope_scaling" in overrides and family == "llama")
     ids = prompt_ids()
-    assert_logits(llama_cpp_logits(path, ids), hf_logits(model, ids), 1e-4)
+    want = hf_logits(model, ids)
+    assert_logits(llama_cpp_logits(path, ids), want, 1e-4)
+    if "rope_scaling" in overrides:  # the scaling is live: without it transformers computes other logits
+        unscaled = build(family, **{k: v for k, v in overrides.items() if k != "rope_scaling"})
+        assert np.abs(hf_logits(unscaled, ids) - want).max() > 1e-3
 
 
 def _dequantized_model(model, path: Path):
