@@ -76,7 +76,7 @@ def as_llama_cpp_computes(model):
     return model
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3"])
 def test_f32_and_f16_files_match_transformers_in_llama_cpp(family, tokenizer, tmp_path):
     model = build(family)
     ids = prompt_ids()
