@@ -1,4 +1,4 @@
-"""GGUF export, proven in llama.cpp: F32/F16 logits of six tiny families against transformers, a Q4_K_M file
+"""GGUF export, proven in llama.cpp: F32/F16 logits of seven tiny families against transformers, a Q4_K_M file
 against transformers on the dequantized weights, a merged LoRA, a checkpoint directory read lazily, and bad input
 (no file left behind)."""
 from __future__ import annotations
