@@ -67,25 +67,42 @@ def _unmasked_queries(lo, hi, start_n, S, T, window, CAUSAL: tl.constexpr, WINDO
 
 
 @triton.jit
-def _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, cols, start_m, S, T, D,
-               qk_scale, softcap, window, kp_ptr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-               WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, PRECISION: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """One query block against this program's key block, all in the transposed [keys, queries] layout."""
-    rows = start_m + tl.arange(0, BLOCK_M)
+def _query_block(q_base, do_base, lse_base, delta_base, sqm, sdom, rows, S, D, BLOCK_D: tl.constexpr):
+    """q, dO, lse (log2 units; +inf past S, so those rows' P is 0) and delta of query `rows` (shared by both
+    backward kernels)."""
     offs_d = tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < S) & (offs_d[None, :] < D)
     q = tl.load(q_base + rows[:, None] * sqm + offs_d[None, :], mask=mask, other=0.0)
     do = tl.load(do_base + rows[:, None] * sdom + offs_d[None, :], mask=mask, other=0.0)
     lse = tl.load(lse_base + rows, mask=rows < S, other=float("inf")) * 1.4426950408889634
     delta = tl.load(delta_base + rows, mask=rows < S, other=0.0)
+    return q, do, lse, delta
+
+
+@triton.jit
+def _probabilities(s, lse, rows, cols, S, T, window, kp_ptr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                   WINDOW: tl.constexpr, HAS_PAD: tl.constexpr):
+    """P = exp(s - lse) recomputed from the forward's lse (log2 units); masked steps zero invisible keys. rows,
+    cols and lse are broadcastable tiles, so one helper serves the [queries, keys] and [keys, queries] layouts."""
+    st = s * 1.4426950408889634 - lse
+    if MASKED:
+        vis = _visible(rows, cols, S, T, window, kp_ptr, CAUSAL, WINDOW, HAS_PAD)
+        st = tl.where(vis, st, float("-inf"))
+    return tl.exp2(st)
+
+
+@triton.jit
+def _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, cols, start_m, S, T, D,
+               qk_scale, softcap, window, kp_ptr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+               WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, PRECISION: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One query block against this program's key block, all in the transposed [keys, queries] layout."""
+    rows = start_m + tl.arange(0, BLOCK_M)
+    q, do, lse, delta = _query_block(q_base, do_base, lse_base, delta_base, sqm, sdom, rows, S, D, BLOCK_D)
     x = _dot(k, tl.trans(q), PRECISION) * qk_scale
     s = _capped(x, softcap, SOFTCAP)
-    st = s * 1.4426950408889634 - lse[None, :]
-    if MASKED:
-        vis = _visible(rows[None, :], cols[:, None], S, T, window, kp_ptr, CAUSAL, WINDOW, HAS_PAD)
-        st = tl.where(vis, st, float("-inf"))
-    pt = tl.exp2(st)
+    pt = _probabilities(s, lse[None, :], rows[None, :], cols[:, None], S, T, window, kp_ptr, MASKED, CAUSAL,
+                        WINDOW, HAS_PAD)
     dv += _dot(pt.to(do.dtype), do, PRECISION)
     dpt = _dot(v, tl.trans(do), PRECISION)
     dst = pt * (dpt - delta[None, :])
@@ -162,11 +179,8 @@ def _dq_step(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, start_n, S, 
     kt = tl.load(k_base + cols[None, :] * skn + offs_d[:, None], mask=kv_mask, other=0.0)
     vt = tl.load(v_base + cols[None, :] * svn + offs_d[:, None], mask=kv_mask, other=0.0)
     s = _capped(_dot(q, kt, PRECISION) * qk_scale, softcap, SOFTCAP)
-    st = s * 1.4426950408889634 - lse[:, None]
-    if MASKED:
-        vis = _visible(rows[:, None], cols[None, :], S, T, window, kp_ptr, CAUSAL, WINDOW, HAS_PAD)
-        st = tl.where(vis, st, float("-inf"))
-    p = tl.exp2(st)
+    p = _probabilities(s, lse[:, None], rows[:, None], cols[None, :], S, T, window, kp_ptr, MASKED, CAUSAL,
+                       WINDOW, HAS_PAD)
     ds = p * (_dot(do, vt, PRECISION) - delta[:, None])
     if SOFTCAP:
         t = s / softcap
@@ -183,10 +197,7 @@ def _attn_dq_tile(q_base, k_base, v_base, do_base, dq_base, lse_base, delta_base
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < S) & (offs_d[None, :] < D)
-    q = tl.load(q_base + rows[:, None] * sqm + offs_d[None, :], mask=mask, other=0.0)
-    do = tl.load(do_base + rows[:, None] * sdom + offs_d[None, :], mask=mask, other=0.0)
-    lse = tl.load(lse_base + rows, mask=rows < S, other=float("inf")) * 1.4426950408889634
-    delta = tl.load(delta_base + rows, mask=rows < S, other=0.0)
+    q, do, lse, delta = _query_block(q_base, do_base, lse_base, delta_base, sqm, sdom, rows, S, D, BLOCK_D)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     lo, hi = _key_range(start_m, S, T, window, CAUSAL, WINDOW, BLOCK_M, BLOCK_N)
     a, b = _unmasked_keys(lo, hi, start_m, S, T, window, CAUSAL, WINDOW, HAS_PAD, BLOCK_M, BLOCK_N)
