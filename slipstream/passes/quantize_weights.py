@@ -133,8 +133,7 @@ class QuantizeWeights(ModulePass):
             notes.append(f"read {read} bitsandbytes layer(s) as they are (bit-compatible formats, no re-quantization)")
         if adapters:
             notes.append(f"kept {len(adapters)} LoRA adapter linear(s) dense (they are what training updates)")
-        others = [m for p, m in model.named_modules() if type(m) is not nn.Linear and isinstance(m, nn.Linear)
-                  and not isinstance(m, QuantLinear)]
+        others = [m for p, m in model.named_modules() if type(m) is not nn.Linear and isinstance(m, nn.Linear)]
         if others:
             kinds = sorted({type(m).__name__ for m in others})
             notes.append(f"left as they are: {len(others)} nn.Linear subclass module(s) ({', '.join(kinds)})")

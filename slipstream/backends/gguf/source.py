@@ -3,7 +3,6 @@ Face checkpoint directory read lazily from safetensors, one tensor at a time (ne
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
 
 import torch
 
@@ -68,16 +67,11 @@ class CheckpointSource:
     def names(self) -> list[str]:
         return list(self._where)
 
-    def _slice(self, name: str) -> Iterator[Any]:
+    def shape(self, name: str) -> tuple[int, ...]:
         from safetensors import safe_open
 
         with safe_open(self._where[name], framework="pt") as st:
-            yield st.get_slice(name)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        for s in self._slice(name):
-            return tuple(s.get_shape())
-        raise KeyError(name)
+            return tuple(st.get_slice(name).get_shape())
 
     def load(self, name: str) -> torch.Tensor:
         """The tensor in its stored dtype (the writer converts it to fp32 a slice of rows at a time)."""

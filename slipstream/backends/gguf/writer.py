@@ -123,8 +123,9 @@ def write(path: str | Path, source, arch: Arch, quant: str, tokenizer_meta: list
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         bar = _progress(planned, progress)
+        extras = extra_tensors(arch)
         for t in planned:
-            data = torch.from_numpy(extra_tensors(arch)[t.gguf_name]) if t.hf_name is None else \
+            data = torch.from_numpy(extras[t.gguf_name]) if t.hf_name is None else \
                 transform(arch, t.hf_name, source.load(t.hf_name))
             raw = _convert(data, t.qtype, threads)
             writer.write_tensor_data(raw)
