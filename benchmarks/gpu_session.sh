@@ -23,10 +23,11 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $out/NAME.log
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv
   python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, \
 'transformers', transformers.__version__)"; } 2>&1 | tee "$out/machine.txt"
-step device_check 60 python3 tests/kernels/device_check.py --device cuda
+step device_check 150 python3 tests/kernels/device_check.py --device cuda
 step attention_tune 150 python3 benchmarks/attention_tune.py
 step rms_norm_tune 60 python3 benchmarks/rms_norm_tune.py
 step kernels 60 python3 benchmarks/kernels.py --reps 30
 step attention 80 python3 benchmarks/attention.py
+step lora_linear_tune 150 python3 benchmarks/lora_linear_tune.py
 step lora_linear 60 python3 benchmarks/lora_linear.py
-step models 100 python3 tests/backends/device_model_check.py --device cuda
+step models 200 python3 tests/backends/device_model_check.py --device cuda

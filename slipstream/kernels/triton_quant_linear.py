@@ -28,6 +28,7 @@ INT4 = tl.constexpr(2)
 NF4 = tl.constexpr(3)
 _FMT = {"int8": INT8.value, "fp8": FP8.value, "int4": INT4.value, "nf4": NF4.value}
 _codebooks: dict[torch.device, torch.Tensor] = {}
+NF4_TREE = True  # nf4 codebook lookup: select tree (True) or tl.gather (False); see benchmarks/lora_linear_tune.py
 
 
 def _codebook(device: torch.device) -> torch.Tensor:
@@ -63,8 +64,31 @@ def _nf4_absmax(S, A, blk, valid, DQ: tl.constexpr):
 
 
 @triton.jit
+def _nf4_code(CB, idx, TREE: tl.constexpr):
+    """The NF4 codebook value of each 4-bit index: a select tree over the 16 scalars (registers only), or
+    tl.gather from a per-row copy of the table."""
+    if TREE:
+        b0 = (idx & 1) != 0
+        b1 = (idx & 2) != 0
+        b2 = (idx & 4) != 0
+        q0 = tl.where(b1, tl.where(b0, tl.load(CB + 3), tl.load(CB + 2)), tl.where(b0, tl.load(CB + 1), tl.load(CB)))
+        q1 = tl.where(b1, tl.where(b0, tl.load(CB + 7), tl.load(CB + 6)),
+                      tl.where(b0, tl.load(CB + 5), tl.load(CB + 4)))
+        q2 = tl.where(b1, tl.where(b0, tl.load(CB + 11), tl.load(CB + 10)),
+                      tl.where(b0, tl.load(CB + 9), tl.load(CB + 8)))
+        q3 = tl.where(b1, tl.where(b0, tl.load(CB + 15), tl.load(CB + 14)),
+                      tl.where(b0, tl.load(CB + 13), tl.load(CB + 12)))
+        code = tl.where((idx & 8) != 0, tl.where(b2, q3, q2), tl.where(b2, q1, q0))
+    else:
+        table = tl.broadcast_to(tl.load(CB + tl.arange(0, 16))[None, :], (idx.shape[0], 16))
+        code = tl.gather(table, idx, 1)
+    return code
+
+
+@triton.jit
 def _weight_tile(P, S, A, CB, rn, k0, rk, N, K, stride_p, n_groups, group,
-                 FMT: tl.constexpr, DQ: tl.constexpr, ASYM: tl.constexpr):
+                 FMT: tl.constexpr, DQ: tl.constexpr, ASYM: tl.constexpr, ALIGNED: tl.constexpr,
+                 TREE: tl.constexpr):
     """fp32 W[rn, rk] tile [BLOCK_N, BLOCK_K] (finite, not necessarily 0, outside [N, K]: the callers mask the
     other operand or the store) WITHOUT the int8/fp8/int4 scale (`_tile_scale` gives it); nf4 comes with its
     absmax applied. int4: the tile's columns lie in one group. nf4: BLOCK_K <= 64 and n_groups = number of
@@ -85,13 +109,16 @@ def _weight_tile(P, S, A, CB, rn, k0, rk, N, K, stride_p, n_groups, group,
             w = u - z[:, None]
         else:
             w = u - 8.0
+    elif ALIGNED:  # NF4 with K % 64 == 0: a row's tile lies in one absmax block and starts on a byte
+        byte = tl.load(P + rows * (K // 2) + (cols >> 1), mask=mask, other=0).to(tl.int32)
+        idx = (byte >> ((1 - (cols & 1)) * 4)) & 15  # high nibble first
+        absmax = _nf4_absmax(S, A, rn.to(tl.int64) * (K // 64) + k0 // 64, rn < N, DQ)
+        w = _nf4_code(CB, idx, TREE) * absmax[:, None]
     else:  # NF4: flat index f = n*K + k, two per byte, high nibble first
         f = rows * K + cols
         byte = tl.load(P + (f >> 1), mask=mask, other=0).to(tl.int32)
         idx = (byte >> ((1 - (f & 1)) * 4).to(tl.int32)) & 15
-        # Codebook lookup in registers: the 16 fp32 values, gathered along the tile's columns.
-        table = tl.broadcast_to(tl.load(CB + tl.arange(0, 16))[None, :], (rn.shape[0], 16))
-        code = tl.gather(table, idx, 1)
+        code = _nf4_code(CB, idx, TREE)
         # A row's BLOCK_K <= 64 consecutive flat elements touch at most two 64-element blocks.
         first = (rn.to(tl.int64) * K + k0) // 64
         lo = _nf4_absmax(S, A, first, rn < N, DQ)
@@ -122,7 +149,8 @@ def _swizzle(pid, tiles_a, tiles_b, GROUP: tl.constexpr):
 @triton.jit
 def _qmm_kernel(
     X, P, S, A, CB, XA, LB, BIAS, Y, M, N, K, R, stride_xm, stride_p, n_groups, group, stride_am, stride_bn,
-    FMT: tl.constexpr, DQ: tl.constexpr, ASYM: tl.constexpr, HAS_LORA: tl.constexpr, HAS_BIAS: tl.constexpr,
+    FMT: tl.constexpr, DQ: tl.constexpr, ASYM: tl.constexpr, ALIGNED: tl.constexpr, TREE: tl.constexpr,
+    HAS_LORA: tl.constexpr, HAS_BIAS: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_R: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -134,7 +162,7 @@ def _qmm_kernel(
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(X + xrows + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
-        w = _weight_tile(P, S, A, CB, rn, k0, rk, N, K, stride_p, n_groups, group, FMT, DQ, ASYM)
+        w = _weight_tile(P, S, A, CB, rn, k0, rk, N, K, stride_p, n_groups, group, FMT, DQ, ASYM, ALIGNED, TREE)
         part = _dot(x, tl.trans(w.to(X.dtype.element_ty)), PRECISION)
         if FMT == INT4:
             acc += part * _tile_scale(S, rn, k0, N, n_groups, group, FMT)[None, :]
@@ -159,7 +187,8 @@ def _qmm_kernel(
 @triton.jit
 def _qmm_t_kernel(
     DY, P, S, A, CB, DX, M, N, K, stride_dym, stride_p, n_groups, group,
-    FMT: tl.constexpr, DQ: tl.constexpr, ASYM: tl.constexpr, PRECISION: tl.constexpr,
+    FMT: tl.constexpr, DQ: tl.constexpr, ASYM: tl.constexpr, ALIGNED: tl.constexpr, TREE: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_k = _swizzle(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP_M)
@@ -171,7 +200,7 @@ def _qmm_t_kernel(
     for n0 in range(0, N, BLOCK_N):
         rn = n0 + tl.arange(0, BLOCK_N)
         dy = tl.load(DY + dyrows + rn[None, :], mask=(rm[:, None] < M) & (rn[None, :] < N), other=0.0)
-        w = _weight_tile(P, S, A, CB, rn, k0, rk, N, K, stride_p, n_groups, group, FMT, DQ, ASYM)
+        w = _weight_tile(P, S, A, CB, rn, k0, rk, N, K, stride_p, n_groups, group, FMT, DQ, ASYM, ALIGNED, TREE)
         if FMT != NF4:
             w = w * _tile_scale(S, rn, k0, N, n_groups, group, FMT)[:, None]
         acc += _dot(dy, w.to(DY.dtype.element_ty), PRECISION)
@@ -182,12 +211,13 @@ def _qmm_t_kernel(
 @triton.jit
 def _dequant_kernel(
     P, S, A, CB, W, N, K, stride_p, n_groups, group,
-    FMT: tl.constexpr, DQ: tl.constexpr, ASYM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    FMT: tl.constexpr, DQ: tl.constexpr, ASYM: tl.constexpr, ALIGNED: tl.constexpr, TREE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k0 = tl.program_id(1) * BLOCK_K
     rk = k0 + tl.arange(0, BLOCK_K)
-    w = _weight_tile(P, S, A, CB, rn, k0, rk, N, K, stride_p, n_groups, group, FMT, DQ, ASYM)
+    w = _weight_tile(P, S, A, CB, rn, k0, rk, N, K, stride_p, n_groups, group, FMT, DQ, ASYM, ALIGNED, TREE)
     if FMT != NF4:
         w = w * _tile_scale(S, rn, k0, N, n_groups, group, FMT)[:, None]
     mask = (rn[:, None] < N) & (rk[None, :] < K)
@@ -227,7 +257,13 @@ def _weight_args(packed, scales, aux, fmt: str, group: int, n: int, k: int) -> t
     cb = _codebook(packed.device) if fmt == "nf4" else scales
     stride_p = packed.stride(0) if packed.dim() == 2 else 0
     return (packed, scales, aux, cb), dict(stride_p=stride_p, n_groups=n_groups, group=max(group, 1),
-                                           FMT=_FMT[fmt], DQ=dq, ASYM=asym)
+                                           FMT=_FMT[fmt], DQ=dq, ASYM=asym,
+                                           ALIGNED=fmt == "nf4" and k % NF4_BLOCK == 0, TREE=NF4_TREE)
+
+
+def _format_args(wkw: dict) -> dict:
+    """The weight format's constexpr arguments, as every kernel here takes them."""
+    return {name: wkw[name] for name in ("FMT", "DQ", "ASYM", "ALIGNED", "TREE")}
 
 
 def _block_k(fmt: str, group: int, block_k: int) -> int:
@@ -299,9 +335,9 @@ def quant_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, au
     with launch_guard(_qmm_kernel, x):
         _qmm_kernel[grid](
             x2, *wargs, xa, b, bias_t, y, m, n, k, r, x2.stride(0), wkw["stride_p"], wkw["n_groups"], wkw["group"],
-            stride_am, stride_bn, FMT=wkw["FMT"], DQ=wkw["DQ"], ASYM=wkw["ASYM"], HAS_LORA=r > 0,
-            HAS_BIAS=bias is not None, PRECISION=precision(x), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-            BLOCK_R=block_r, GROUP_M=8, num_warps=warps, num_stages=stages,
+            stride_am, stride_bn, **_format_args(wkw), HAS_LORA=r > 0, HAS_BIAS=bias is not None,
+            PRECISION=precision(x), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_R=block_r,
+            GROUP_M=8, num_warps=warps, num_stages=stages,
         )
     return y.reshape(*x.shape[:-1], n)
 
@@ -320,8 +356,8 @@ def quant_matmul_t(dy: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
     with launch_guard(_qmm_t_kernel, dy):
         _qmm_t_kernel[grid](
             dy2, *wargs, dx, m, n, k, dy2.stride(0), wkw["stride_p"], wkw["n_groups"], wkw["group"],
-            FMT=wkw["FMT"], DQ=wkw["DQ"], ASYM=wkw["ASYM"], PRECISION=precision(dy), BLOCK_M=block_m,
-            BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, num_warps=warps, num_stages=stages,
+            **_format_args(wkw), PRECISION=precision(dy), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+            GROUP_M=8, num_warps=warps, num_stages=stages,
         )
     return dx.reshape(*dy.shape[:-1], k)
 
@@ -337,7 +373,7 @@ def dequantize(packed: torch.Tensor, scales: torch.Tensor, aux: torch.Tensor, fm
     with launch_guard(_dequant_kernel, packed):
         # No fp fusion: nf4's double-quant absmax map * absmax2 + offset must round like the reference (no FMA).
         _dequant_kernel[(triton.cdiv(n, block_n), triton.cdiv(k, block_k))](
-            *wargs, out, n, k, wkw["stride_p"], wkw["n_groups"], wkw["group"], FMT=wkw["FMT"], DQ=wkw["DQ"],
-            ASYM=wkw["ASYM"], BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, enable_fp_fusion=False,
+            *wargs, out, n, k, wkw["stride_p"], wkw["n_groups"], wkw["group"], **_format_args(wkw),
+            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, enable_fp_fusion=False,
         )
     return out

@@ -119,6 +119,7 @@ def checks(device: str, small: bool):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--only", default="", help="run only the checks whose name contains this text")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.device == "cpu":
@@ -132,7 +133,8 @@ def main() -> int:
         print(torch.cuda.get_device_name(), torch.__version__)
     with ctx:
         results = [_compare(name, fn, oracle, inputs, dtype)
-                   for name, fn, oracle, inputs, dtype in checks(args.device, small=args.device == "cpu")]
+                   for name, fn, oracle, inputs, dtype in checks(args.device, small=args.device == "cpu")
+                   if args.only in name]
     print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
     return 0 if all(results) else 1
 

@@ -50,6 +50,7 @@ MATMUL_CASES = [
     ("nf4", (97, 64), 300, F32, 8, True), ("nf4", (96, 64), 1, BF, 0, False),
     ("nf4dq", (96, 200), 300, BF, 64, False), ("nf4dq", (97, 200), 1, F32, 1, True),
     ("int4g32", (97, 200), 17, torch.float16, 8, True),
+    ("nf4", (128, 200), 300, BF, 8, True), ("nf4dq", (64, 97), 1, F32, 0, False),  # K % 64 == 0: aligned path
 ]
 
 
@@ -79,6 +80,17 @@ def test_quant_matmul_leading_dims():
     assert_close(y, x.double() @ _dequantize(*weight).double().T, F32)
 
 
+@pytest.mark.parametrize("shape", [(128, 97), (97, 64)])
+def test_nf4_codebook_gather_variant(shape, monkeypatch):
+    """The tl.gather codebook lookup (NF4_TREE = False) agrees with the reference too, aligned and not."""
+    monkeypatch.setattr(tq, "NF4_TREE", False)
+    k, n = shape
+    weight = _weight("nf4dq", k, n)
+    x, dy = randn(40, k), randn(40, n)
+    assert_close(tq.quant_matmul(x, *weight), x.double() @ _dequantize(*weight).double().T, F32)
+    assert_close(tq.quant_matmul_t(dy, *weight), dy.double() @ _dequantize(*weight).double(), F32)
+
+
 @pytest.mark.parametrize("name", ["int4g32", "nf4dq"])
 def test_bf16_tolerance_catches_wrong_nibble_order(name):
     """The bf16 tolerance is tight enough that reading the nibbles in the wrong order fails."""
@@ -94,7 +106,7 @@ def test_bf16_tolerance_catches_wrong_nibble_order(name):
 T_CASES = [
     ("int8", (97, 200), 300, F32), ("fp8", (96, 64), 1, BF), ("int4a64", (97, 200), 300, BF),
     ("int4g32", (96, 64), 1, F32), ("int4g128", (97, 64), 40, BF), ("nf4dq", (97, 200), 300, F32),
-    ("nf4", (96, 64), 1, BF),
+    ("nf4", (96, 64), 1, BF), ("nf4dq", (128, 97), 300, BF), ("nf4", (64, 200), 17, F32),
 ]
 
 
