@@ -8,9 +8,15 @@ b[i], scalings[i]): its input (x itself, or the model's dropout of x: dropout st
 is peft's), A [r, K], B [N, r] and the scale. Output = x @ W.T + bias + sum_i scalings[i] * (xs[i] @ A.T) @ B.T.
 
 Reference path (CPU): exactly peft's sequence of ops and roundings, so CPU results equal the unfused model's.
-Triton path (CUDA, or forced on CPU under the interpreter): the quantized weight is dequantized tile by tile in
-registers inside one matmul kernel that also adds the LoRA product (`xa @ B_cat.T`, xa = the adapters' scaled
-A-projections side by side) and the bias: the dequantized weight is never stored. A dense base takes cuBLAS.
+Triton path (CUDA, or forced on CPU under the interpreter), by batch size:
+- up to FUSED_MAX_ROWS rows (decode, small batches): the quantized weight is dequantized tile by tile in registers
+  inside one matmul kernel that also adds the LoRA product (`xa @ B_cat.T`, xa = the adapters' scaled
+  A-projections side by side) and the bias; the dequantized weight is never stored. Bandwidth-bound, it reads 4
+  or 8 bits per weight instead of 16.
+- more rows (prefill, training): compute-bound; the layer's weight is dequantized by the Triton kernel into a
+  transient buffer, freed as soon as the matmul returns, and the matmul runs in cuBLAS (as bitsandbytes and
+  unsloth do). Measured on an H200 (BENCHMARKS.md), the in-register kernel reached only 40-80 TFLOP/s there.
+A dense base takes cuBLAS.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from slipstream.kernels.dispatch import select_triton
 from slipstream.kernels.registry import define_op
 
 DENSE = "dense"
+FUSED_MAX_ROWS = 64  # above this many rows the Triton path dequantizes into a transient buffer + cuBLAS (see top)
 
 
 def _check(x: Tensor, base: Tensor, fmt: str, out_features: int, xs: list[Tensor], a: list[Tensor],
@@ -85,8 +92,14 @@ def _fused(x, base, scales, aux, fmt, group, out_features, bias, xs, a, b, scali
         xa = torch.cat([F.linear(xi.reshape(-1, k).to(ai.dtype), ai) * si for xi, ai, si in zip(xs, a, scalings)],
                        dim=1).to(x.dtype)
         lora_b = torch.cat([bi.to(x.dtype) for bi in b], dim=1)
-    y = quant_matmul(x2.contiguous(), base, scales, aux, fmt, group, out_features, k, lora_xa=xa, lora_b=lora_b,
-                     bias=None if bias is None else bias.to(x.dtype))
+    bias = None if bias is None else bias.to(x.dtype)
+    if x2.shape[0] > FUSED_MAX_ROWS:
+        y = F.linear(x2, base_weight(base, scales, aux, fmt, group, out_features, k, x.dtype), bias)
+        if xa is not None:
+            y = y.addmm_(xa, lora_b.t())
+    else:
+        y = quant_matmul(x2.contiguous(), base, scales, aux, fmt, group, out_features, k, lora_xa=xa, lora_b=lora_b,
+                         bias=bias)
     return y.reshape(*x.shape[:-1], out_features).to(out_dtype(x, b))
 
 
@@ -111,9 +124,9 @@ def _lora_linear_fake(x: Tensor, base: Tensor, scales: Optional[Tensor], aux: Op
 
 def _grad_input(grad: Tensor, base: Tensor, scales: Tensor, aux: Tensor, fmt: str, group: int,
                 in_features: int) -> Tensor:
-    """dy @ W for a quantized W: [..., N] -> [..., K], the dequantized W never stored on the Triton path."""
+    """dy @ W for a quantized W: [..., N] -> [..., K]; on the Triton path by batch size as the forward (see top)."""
     n = grad.shape[-1]
-    if select_triton(grad):
+    if select_triton(grad) and grad.numel() <= FUSED_MAX_ROWS * n:
         from slipstream.kernels.triton_quant_linear import quant_matmul_t
 
         dx = quant_matmul_t(grad.reshape(-1, n).contiguous(), base, scales, aux, fmt, group, n, in_features)
