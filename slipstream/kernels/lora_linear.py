@@ -9,13 +9,13 @@ is peft's), A [r, K], B [N, r] and the scale. Output = x @ W.T + bias + sum_i sc
 
 Reference path (CPU): exactly peft's sequence of ops and roundings, so CPU results equal the unfused model's.
 Triton path (CUDA, or forced on CPU under the interpreter), by batch size:
-- up to FUSED_MAX_ROWS rows (decode, small batches): the quantized weight is dequantized tile by tile in registers
-  inside one matmul kernel that also adds the LoRA product (`xa @ B_cat.T`, xa = the adapters' scaled
-  A-projections side by side) and the bias; the dequantized weight is never stored. Bandwidth-bound, it reads 4
-  or 8 bits per weight instead of 16.
-- more rows (prefill, training): compute-bound; the layer's weight is dequantized by the Triton kernel into a
-  transient buffer, freed as soon as the matmul returns, and the matmul runs in cuBLAS (as bitsandbytes and
-  unsloth do). Measured on an H200 (BENCHMARKS.md), the in-register kernel reached only 40-80 TFLOP/s there.
+- up to FUSED_MAX_ROWS rows (decode): the quantized weight is dequantized tile by tile in registers inside one
+  matmul kernel that also adds the LoRA product (`xa @ B_cat.T`, xa = the adapters' scaled A-projections side by
+  side) and the bias; the dequantized weight is never stored.
+- more rows (prefill, training): the layer's weight is dequantized by the Triton kernel into a transient buffer,
+  freed as soon as the matmul returns, and the matmul runs in cuBLAS (as bitsandbytes and unsloth do): one
+  layer's dense weight at a time, never the model's. Measured on an H200 (BENCHMARKS.md), the in-register kernel
+  reached only 40-80 TFLOP/s at 4096 rows, and from 16 rows on the buffer was faster.
 A dense base takes cuBLAS.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from slipstream.kernels.dispatch import select_triton
 from slipstream.kernels.registry import define_op
 
 DENSE = "dense"
-FUSED_MAX_ROWS = 64  # above this many rows the Triton path dequantizes into a transient buffer + cuBLAS (see top)
+FUSED_MAX_ROWS = 8  # above this many rows the Triton path dequantizes into a transient buffer + cuBLAS (see top)
 
 
 def _check(x: Tensor, base: Tensor, fmt: str, out_features: int, xs: list[Tensor], a: list[Tensor],

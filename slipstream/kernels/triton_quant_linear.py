@@ -109,11 +109,16 @@ def _weight_tile(P, S, A, CB, rn, k0, rk, N, K, stride_p, n_groups, group,
             w = u - z[:, None]
         else:
             w = u - 8.0
-    elif ALIGNED:  # NF4 with K % 64 == 0: a row's tile lies in one absmax block and starts on a byte
-        byte = tl.load(P + rows * (K // 2) + (cols >> 1), mask=mask, other=0).to(tl.int32)
-        idx = (byte >> ((1 - (cols & 1)) * 4)) & 15  # high nibble first
-        absmax = _nf4_absmax(S, A, rn.to(tl.int64) * (K // 64) + k0 // 64, rn < N, DQ)
-        w = _nf4_code(CB, idx, TREE) * absmax[:, None]
+    elif ALIGNED:  # NF4 with K % 64 == 0: a row's tile is BLOCK_K / 2 whole bytes in one absmax block
+        half = k0 // 2 + tl.arange(0, rk.shape[0] // 2)
+        byte = tl.load(P + rows * (K // 2) + half[None, :], mask=(rn[:, None] < N) & (half[None, :] < K // 2),
+                       other=0).to(tl.int32)
+        absmax = _nf4_absmax(S, A, rn.to(tl.int64) * (K // 64) + k0 // 64, rn < N, DQ)[:, None]
+        # Whole-byte loads and a join of the two nibbles' values: 3x faster on an H200 than one load per
+        # element (benchmarks/nf4_probe.py). High nibble first.
+        hi = _nf4_code(CB, byte >> 4, TREE) * absmax
+        lo = _nf4_code(CB, byte & 15, TREE) * absmax
+        w = tl.reshape(tl.join(hi, lo), (rn.shape[0], rk.shape[0]))
     else:  # NF4: flat index f = n*K + k, two per byte, high nibble first
         f = rows * K + cols
         byte = tl.load(P + (f >> 1), mask=mask, other=0).to(tl.int32)
@@ -369,7 +374,7 @@ def dequantize(packed: torch.Tensor, scales: torch.Tensor, aux: torch.Tensor, fm
     if out.numel() == 0:
         return out
     wargs, wkw = _weight_args(packed, scales, aux, fmt, group, n, k)
-    block_n, block_k = (32, _block_k(fmt, group, 32)) if out.device.type == "cpu" else (64, _block_k(fmt, group, 64))
+    block_n, block_k = (32, _block_k(fmt, group, 32)) if out.device.type == "cpu" else (128, _block_k(fmt, group, 64))
     with launch_guard(_dequant_kernel, packed):
         # No fp fusion: nf4's double-quant absmax map * absmax2 + offset must round like the reference (no FMA).
         _dequant_kernel[(triton.cdiv(n, block_n), triton.cdiv(k, block_k))](
