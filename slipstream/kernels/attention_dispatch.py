@@ -95,15 +95,15 @@ def choose(q: torch.Tensor, info: MaskInfo, impl: str, dropout_p: float, trainin
         return "reference", "impl=reference"
     if info.kind == "arbitrary":
         return "reference", f"arbitrary mask: {info.reason}"
-    if dropout_p > 0 and training:
-        return "reference", "attention dropout in training (the fused kernels have none)"
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return "reference", f"dtype {q.dtype} is not supported by slipstream::attention"
     if not _fused_available():
         return "reference", "slipstream::attention is not available in this build"
     if impl == "auto" and q.device.type != "cuda":
         return "reference", "CPU: the original computation is the reference (impl=triton runs the fused op)"
-    return "triton", f"{info.kind} mask"
+    dropout = f", dropout {dropout_p:g} (Philox in the kernels: not the model's RNG stream)" \
+        if dropout_p > 0 and training else ""
+    return "triton", f"{info.kind} mask{dropout}"
 
 
 def kernel_name(q: torch.Tensor, k: torch.Tensor) -> str:
@@ -128,7 +128,7 @@ def attention(q, k, v, k_orig, v_orig, mask, *, causal: bool, scale, dropout_p: 
     from .attention import attention as fused_attention
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return fused_attention(q, k, v, info.key_padding, info.kind in ("causal", "padded", "window"), scale,
-                           info.window, float(softcap or 0.0))
+                           info.window, float(softcap or 0.0), float(dropout_p) if training else 0.0)
 
 
 def _reference(q, k, v, mask, causal, scale, dropout_p, training, softcap, form):

@@ -163,3 +163,33 @@ def test_fused_decode_in_generate():
     for a, b in zip(got.logits, want.logits):
         assert max_rel_error(a, b) <= tolerance(torch.float32).max_rel
     assert {impl for _, impl, _ in slipstream.report(opt).decisions()} == {"flash", "decode"}  # prefill, decode
+
+
+def test_attention_dropout_runs_in_the_fused_kernels():
+    """Training with attention dropout takes the flash kernel (Philox dropout, interpreter): the decision says so,
+    dropout is live (train != eval), a seed reproduces the step exactly, and eval matches the original model."""
+    from slipstream.kernels import force_triton_on_cpu
+
+    model = models.build("llama", attention_dropout=0.2)
+    reference = copy.deepcopy(model)
+    opt = slipstream.optimize(model, pipeline="fuse-attention{impl=triton}")
+    ids = models.token_batch(seq=9)
+
+    def step():
+        torch.manual_seed(3)
+        opt.zero_grad()
+        out = opt(input_ids=ids, labels=ids)
+        out.loss.backward()
+        return out.logits.detach(), [p.grad.clone() for p in opt.parameters()]
+
+    opt.train()
+    with force_triton_on_cpu():
+        (a, grads_a), (b, grads_b) = step(), step()
+        opt.eval()
+        evaluated = opt(input_ids=ids).logits
+    assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(grads_a, grads_b))
+    assert all(g.isfinite().all() for g in grads_a)
+    assert not torch.allclose(a, evaluated, atol=1e-3)
+    assert max_rel_error(evaluated, reference.eval()(input_ids=ids).logits) <= tolerance(torch.float32).max_rel
+    reasons = {reason for _, impl, reason in slipstream.report(opt).decisions() if impl == "flash"}
+    assert any("dropout 0.2" in r for r in reasons), reasons
