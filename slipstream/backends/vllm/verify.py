@@ -49,8 +49,11 @@ def reload(directory: str | Path, dtype: torch.dtype, adapter: bool = True):
     elif _asymmetric(qconfig):
         model = _decompressed_by_compressed_tensors(directory, dtype, qconfig)
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            directory, dtype=dtype, quantization_config=CompressedTensorsConfig(run_compressed=False))
+        import warnings
+        with warnings.catch_warnings():  # "the quantization_config from the model will be used": that is the point
+            warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+            model = AutoModelForCausalLM.from_pretrained(
+                directory, dtype=dtype, quantization_config=CompressedTensorsConfig(run_compressed=False))
     for module in model.modules():
         if hasattr(module, "quantization_scheme"):
             module.quantization_enabled = False  # weights only (see the module docstring)

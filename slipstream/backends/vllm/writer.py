@@ -85,6 +85,8 @@ def parse_size(size: int | str) -> int:
         return size
     units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
     text = str(size).strip().upper()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
     for unit, factor in units.items():
         if text.endswith(unit):
             try:
