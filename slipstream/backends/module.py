@@ -17,6 +17,7 @@ from ..debug.report import Report
 from ..frontend import capture
 from ..frontend.units import find_unit_groups
 from ..passes import PassManager, Pipeline
+from . import no_grad
 
 REPORT_ATTR = "_slipstream_report"
 
@@ -34,7 +35,7 @@ def attach(model: nn.Module, pipeline: Pipeline, version: str) -> Report:
     def on_graph(unit: str, gm: GraphModule):
         with lock:
             graph_id = report.record(unit, manager.run(gm))
-        forward, log = gm.forward, report.decision_log
+        forward, log = no_grad.choose(gm), report.decision_log
 
         def run(*args):
             report.ran(CURRENT_UNIT.get(), graph_id)
