@@ -8,7 +8,7 @@ jobs.json: {"jobs": [{"name": ..., "model": <checkpoint dir>, "prompts": [text, 
 
 One process serves every job in turn (importing vLLM is most of its start-up). Each job builds `LLM(model)`, and
 each run generates greedily (temperature 0, `ignore_eos`) from the text prompts, so vLLM's own tokenizer, read
-from the checkpoint, tokenizes them. results.json is rewritten after every job: {name: {"load_s", "error",
+from the checkpoint, tokenizes them. results.json is rewritten after every job: {name: {"load_s", "generate_s", "error",
 "runs": {run: [{"prompt_token_ids", "token_ids", "logprobs", "top", "text"} per prompt]}}}; "error" holds
 "<ExceptionType>: message" when building the LLM or generating failed (the job then has no or fewer runs).
 Generated-token logprobs are vLLM's raw ones (before any sampling transform); `prompt_logprobs` is not used, as
@@ -47,7 +47,7 @@ def serve(job: dict) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
-    result: dict = {"load_s": None, "error": None, "runs": {}}
+    result: dict = {"load_s": None, "generate_s": 0.0, "error": None, "runs": {}}
     llm = None
     try:
         start = time.monotonic()
@@ -61,7 +61,9 @@ def serve(job: dict) -> dict:
                                 logprobs=job.get("logprobs", 5))
         for i, run in enumerate(job.get("runs", [{"name": "base"}])):
             request = LoRARequest(run["name"], i + 1, run["lora"]) if run.get("lora") else None
+            start = time.monotonic()
             outputs = llm.generate(job["prompts"], params, lora_request=request, use_tqdm=False)
+            result["generate_s"] = round(result["generate_s"] + time.monotonic() - start, 2)
             result["runs"][run["name"]] = _outputs(outputs, job.get("logprobs", 5))
     except Exception as e:  # recorded for the test to judge (int4 is expected to fail on an AVX2-only CPU)
         traceback.print_exc()
