@@ -81,8 +81,11 @@ def vllm_python() -> Path:
     if _complete():
         return _python(VENV)
     with open(ROOT / ".venv-vllm.lock", "w") as lock:
-        _say(f"waiting for the lock on {lock.name}")
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it: wait, then look again
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process is building it: wait, then look again
+            _say(f"another process is building {VENV}; waiting for it (lock: {lock.name})")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not _complete():
                 _build()
