@@ -59,6 +59,12 @@ def _rope_oracle(q, k, cos, sin):
     return q * c + rot(q) * s, k * c + rot(k) * s
 
 
+def _keep_mask(b, h, s, t, p, seed, device):
+    """The keep decisions the flash kernels draw (Triton, so the CPU form must be under the interpreter)."""
+    from slipstream.kernels.triton_attention import dropout_keep_mask
+    return dropout_keep_mask(b, h, s, t, p, seed, torch.device(device))
+
+
 def _varlen_oracle(q, k, v, cu, scale):
     """The dense float64 oracle per packed sequence, on [1, H, n, D] views."""
     pieces = []
@@ -107,6 +113,12 @@ def checks(device: str, small: bool):
             scale = 64 ** -0.5
             yield label, (lambda q, k, v, kw=kw: K.attention(q, k, v, causal=True, scale=scale, **kw)), \
                 (lambda q, k, v, kw=kw: f64_oracle(q, k, v, None, True, scale, **kw)), (q, k, v), dtype
+        q, k, v = torch.randn(2, 8, s, 64, **r), torch.randn(2, 2, s, 64, **r), torch.randn(2, 2, s, 64, **r)
+        keep = _keep_mask(2, 8, s, s, 0.2, 11, device)
+        yield "attention dropout", \
+            (lambda q, k, v: K.attention(q, k, v, causal=True, scale=0.125, dropout_p=0.2, seed=11)), \
+            (lambda q, k, v, keep=keep: f64_oracle(q, k, v, None, True, 0.125, keep=keep, dropout_p=0.2)), \
+            (q, k, v), dtype
         lengths = [s, 1, 5, 2 * s + 3]  # packed sequences of mixed length, one of a single token
         cu = torch.tensor([0] + lengths, device=device).cumsum(0, dtype=torch.int32)
         q, k, v = torch.randn(sum(lengths), 8, 64, **r), *(torch.randn(sum(lengths), 2, 64, **r) for _ in range(2))
