@@ -4,7 +4,7 @@
     slipstream diff SOURCE [--print-after change|all|none] [--verify] [--bisect] [--dump-dir DIR]
     slipstream pipeline --print PRESET | --list | --check TEXT_OR_FILE
     slipstream export gguf CHECKPOINT_DIR OUT.gguf [--quant q4_k_m] [--tokenizer DIR] [--threads N] [--modelfile]
-    slipstream bench NAME... [--list] [-- ARGS]
+    slipstream bench NAME... [--list] [--args 'ARGS']
 
 User errors print one line and a hint (exit 2); `--debug` shows the traceback of any error.
 """

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +13,13 @@ from .common import UserError, progress
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="run benchmark scripts (benchmarks/*.py)",
-                       description="Run benchmarks/NAME.py for each NAME with this Python; arguments after '--' go "
-                                   "to every script. The directory: --dir, else $SLIPSTREAM_BENCHMARKS, else the "
+                       description="Run benchmarks/NAME.py for each NAME with this Python; --args go to every "
+                                   "script. The directory: --dir, else $SLIPSTREAM_BENCHMARKS, else the "
                                    "source checkout's benchmarks/.")
     p.add_argument("names", nargs="*", metavar="NAME", help="benchmark script names, e.g. kernels attention")
     p.add_argument("--list", action="store_true", help="list the benchmark scripts")
     p.add_argument("--dir", help="the benchmarks directory")
-    p.add_argument("script_args", nargs=argparse.REMAINDER, help="-- ARGS: passed to every script")
+    p.add_argument("--args", default="", help="arguments for every script, one string: --args '--layers 8 16'")
     p.set_defaults(run=run)
 
 
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             close = difflib.get_close_matches(name, list(scripts), n=1)
             raise UserError(f"unknown benchmark '{name}'" + (f"; did you mean '{close[0]}'?" if close else ""),
                             f"available: {', '.join(scripts)}")
-    extra = [a for a in args.script_args if a != "--"]
+    extra = shlex.split(args.args)
     failed = []
     with progress(len(args.names), "bench", args.quiet) as bar:
         for name in args.names:
