@@ -1,6 +1,6 @@
 """The graph diff as text: per captured graph, per pass, what it removed (`-`) and added (`+`).
 
-    === graph 1: model.layers.0 (serves model.layers.[0-1]) · 83 nodes
+    === graph 1: model.layers.0 (serves model.layers.[0-1]) · 64 ops
     --- fuse-rms-norm: 2 rewrite(s) (weight-times-cast x2) · 0 refused · 1.3 ms
     @@ weight-times-cast at model.layers.0.input_layernorm: %9 -> %83
     - %4 = cast(%arg1, torch.float32) : f32[s0, s1, 64]
@@ -27,7 +27,7 @@ def render_diff(report: Report, print_after: str = "change", times: bool = True)
     for trace in report.traces:
         served = sorted({unit for unit, gid in report.runs if gid == trace.graph_id})
         lines.append(f"\n=== graph {trace.graph_id}: {trace.unit or '<model>'} (serves "
-                     f"{_unit_summary(served) or 'no unit yet'}) · {len(trace.input_lines)} nodes")
+                     f"{_unit_summary(served) or 'no unit yet'}) · {trace.ops} ops")
         for p in trace.passes:
             if print_after == "change" and not (p.changed or p.rejections):
                 continue
@@ -65,9 +65,9 @@ def _pass_body(p) -> list[str]:
 def verify_lines(checks: list) -> list[str]:
     """The numeric check's summary: counts per verdict, then every region (the first bad one flagged)."""
     bad = [c for c in checks if not c.ok]
-    verdicts = Counter("ok" if c.ok else "out of tolerance" for c in checks)
+    verdicts = Counter("skipped" if c.skipped else "ok" if c.ok else "out of tolerance" for c in checks)
     lines = [f"verify: {len(checks)} region(s) checked · " + " · ".join(f"{n} {v}" for v, n in sorted(verdicts.items()))]
     if bad:
         lines.append(f"verify: FIRST REGION OUT OF TOLERANCE: {bad[0].line()}")
-    lines.extend(f"  {'ok ' if c.ok else 'BAD'} {c.line()}" for c in checks)
+    lines.extend(f"  {'-- ' if c.skipped else 'ok ' if c.ok else 'BAD'} {c.line()}" for c in checks)
     return lines

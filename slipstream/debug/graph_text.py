@@ -44,17 +44,23 @@ class Namer:
     def __init__(self, graph: Graph):
         self.names: dict[Node, str] = {}
         self.symbols: dict[str, str] = {}
-        self.counter = 0
+        self.sizes: set[Node] = set()  # size inputs: referred to by their symbol (dynamo picks their source
+        self.counter = 0               # from the process's compile history, so the source is not stable)
         taken: set[str] = set()
         for node in graph.nodes:
             if node.op == "placeholder":
+                for sym in _SYMBOL.findall(_raw_type(node)):
+                    self.symbols.setdefault(sym, f"s{len(self.symbols)}")
+                value = node.meta.get("val", node.meta.get("example_value"))
+                if isinstance(value, torch.SymInt) and _SYMBOL.fullmatch(str(value)):
+                    self.names[node] = self.symbols[str(value)]
+                    self.sizes.add(node)
+                    continue
                 name = input_name(node)
                 while name in taken:
                     name += "'"
                 taken.add(name)
                 self.names[node] = name
-                for sym in _SYMBOL.findall(_raw_type(node)):
-                    self.symbols.setdefault(sym, f"s{len(self.symbols)}")
         self.extend(graph)
 
     def extend(self, graph: Graph) -> None:
@@ -64,8 +70,14 @@ class Namer:
                 self.names[node] = str(self.counter) if node.op != "output" else "out"
                 self.counter += node.op != "output"
 
+    def add(self, node: Node) -> None:
+        """Name a node that never made it into the graph's final form (created and erased within one pass)."""
+        if node not in self.names:
+            self.names[node] = str(self.counter)
+            self.counter += 1
+
     def ref(self, node: Node) -> str:
-        return "%" + self.names.get(node, node.name)
+        return self.names[node] if node in self.sizes else "%" + self.names.get(node, node.name)
 
     def type_of(self, node: Node) -> str:
         return _SYMBOL.sub(lambda m: self.symbols.setdefault(m.group(0), f"s{len(self.symbols)}"), _raw_type(node))

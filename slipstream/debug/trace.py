@@ -60,6 +60,7 @@ class GraphTrace:
         self.graph_id, self.unit, self.keep_code = graph_id, unit, keep_code
         self.namer = Namer(gm.graph)
         self.input_lines = [self.namer.line(n) for n in gm.graph.nodes]
+        self.ops = sum(n.op not in ("placeholder", "output") for n in gm.graph.nodes)  # inputs vary, see Namer
         self.input_code = gm.graph.python_code("self").src if keep_code else None
         self.passes: list[PassDiff] = []
         self.original, self.val_map = copy_graph_module(gm) if keep_original else (None, {})
@@ -80,6 +81,8 @@ class GraphTrace:
 
     def after_pass(self, p: Pass, graph: Graph, stats: PassStats) -> None:
         self.namer.extend(graph)
+        for r in stats.rewrites:
+            self.namer.add(r.replacement)
         present = list(graph.nodes)
         added = [n for n in present if n not in self._lines]
         hunks = self._hunks(stats.rewrites, set(present), added)
@@ -89,12 +92,14 @@ class GraphTrace:
 
     # -- hunks ------------------------------------------------------------------------------------------------
     def _hunks(self, rewrites: list[Rewrite], present: set, added: list[Node]) -> list[Hunk]:
+        """Group rewrites that share new nodes (RoPE's q and k) or build on each other within the pass (a second
+        LoRA adapter folded into the first one's call); removed nodes are those that existed before the pass."""
         added_set = set(added)
         groups: list[tuple[set, list[Rewrite]]] = []
         for r in rewrites:
-            created = _created_by(r.replacement, added_set)
+            created = _created_by(r.replacement, added_set) | {r.replacement}
             for group in groups:
-                if group[0] & created:
+                if group[0] & (created | set(r.matched)):
                     group[0].update(created)
                     group[1].append(r)
                     break
@@ -103,7 +108,8 @@ class GraphTrace:
         order = {n: i for i, n in enumerate(self._lines)}
         hunks = []
         for created, members in groups:
-            removed = sorted({n for r in members for n in r.matched if n not in present}, key=order.__getitem__)
+            removed = sorted({n for r in members for n in r.matched if n not in present and n in order},
+                             key=order.__getitem__)
             new = [n for n in added if n in created]
             hunks.append(self._hunk(members, removed, new))
         return hunks

@@ -34,7 +34,9 @@ class PassManager:
         for p in self.graph_passes if passes is None else passes:
             if observer is not None:
                 observer.before_pass(p, gm.graph)
+            start = time.perf_counter()
             stats.append(p.run(gm.graph))
+            stats[-1].seconds = time.perf_counter() - start  # also for passes that override run()
             if observer is not None:
                 observer.after_pass(p, gm.graph, stats[-1])
         if any(s.changed for s in stats):

@@ -2,6 +2,7 @@
 fails once more, saying so, so an update is never silent)."""
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -17,5 +18,7 @@ def assert_golden(name: str, text: str) -> None:
         pytest.fail(f"golden file {path} rewritten (SLIPSTREAM_UPDATE_GOLDEN=1): review the diff and rerun without it")
     assert path.is_file(), f"missing golden file {path}: create it with SLIPSTREAM_UPDATE_GOLDEN=1"
     want = path.read_text(encoding="utf-8")
-    assert text == want, f"graph diff differs from {path}; if the change is intended, rerun with " \
-                         "SLIPSTREAM_UPDATE_GOLDEN=1 and review `git diff tests/golden`"
+    if text != want:
+        changes = "\n".join(difflib.unified_diff(want.splitlines(), text.splitlines(), "golden", "now", lineterm=""))
+        pytest.fail(f"graph diff differs from {path}; if the change is intended, rerun with "
+                    f"SLIPSTREAM_UPDATE_GOLDEN=1 and review `git diff tests/golden`:\n{changes[:4000]}")
