@@ -86,8 +86,9 @@ def merge_lora(model: nn.Module, dtype=None) -> dict:
     return merge(model, dtype)
 
 
-def export(model: Any, path: Any, format: str = "gguf", quant: str = "f16", **options: Any):
-    """Write `model` (nn.Module or checkpoint directory) as a GGUF file; see slipstream.export / docs/gguf.md."""
+def export(model: Any, path: Any, format: str = "gguf", quant: str | None = None, **options: Any):
+    """Write `model` (nn.Module or checkpoint directory) as a GGUF file or a vLLM checkpoint directory; see
+    slipstream.backends.exporter.export, docs/gguf.md and docs/vllm.md."""
     from .backends.exporter import export as write
     return write(model, path, format, quant, **options)
 

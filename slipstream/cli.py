@@ -4,6 +4,7 @@
     slipstream diff SOURCE [--print-after change|all|none] [--verify] [--bisect] [--dump-dir DIR]
     slipstream pipeline --print PRESET | --list | --check TEXT_OR_FILE
     slipstream export gguf CHECKPOINT_DIR OUT.gguf [--quant q4_k_m] [--tokenizer DIR] [--threads N] [--modelfile]
+    slipstream export vllm CHECKPOINT_DIR OUT_DIR [--quant w4a16] [--shard-size 2GB] [--overwrite] [--verify]
     slipstream bench NAME... [--list] [--args 'ARGS']
 
 User errors print one line and a hint (exit 2); `--debug` shows the traceback of any error.
@@ -29,9 +30,14 @@ def _export(args: argparse.Namespace) -> int:
     if args.tokenizer:
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    options = dict(threads=args.threads, modelfile=args.modelfile) if args.format == "gguf" else {}
+    if args.format == "gguf":
+        options = dict(threads=args.threads, modelfile=args.modelfile)
+    else:
+        options = dict(lora=args.lora, shard_size=args.shard_size, overwrite=args.overwrite, verify=args.verify,
+                       dtype=args.dtype)
+    quant = None if args.quant == "none" else args.quant
     try:
-        out = slipstream.export(args.source, args.out, format=args.format, quant=args.quant, tokenizer=tokenizer,
+        out = slipstream.export(args.source, args.out, format=args.format, quant=quant, tokenizer=tokenizer,
                                 progress=not args.quiet, **options)
     except (ValueError, FileNotFoundError) as e:  # the exporters' own checks word user mistakes
         from .commands.common import UserError
@@ -50,8 +56,9 @@ def _export_common(p: argparse.ArgumentParser) -> None:
 def _add_export(sub, common: argparse.ArgumentParser) -> None:
     """`export FORMAT ...`: one subparser per format, so a new format is one more `_add_<format>` here."""
     from slipstream.backends.gguf import QUANTS
+    from slipstream.backends.vllm import SCHEMES
 
-    export = sub.add_parser("export", help="write a checkpoint for another runtime (gguf)", parents=[common],
+    export = sub.add_parser("export", help="write a checkpoint for another runtime (gguf, vllm)", parents=[common],
                             description="Write a checkpoint for another runtime: FORMAT is a subcommand.")
     formats = export.add_subparsers(dest="format", required=True, metavar="FORMAT")
     gguf = formats.add_parser("gguf", help="one GGUF file for llama.cpp / Ollama (docs/gguf.md)", parents=[common])
@@ -60,6 +67,18 @@ def _add_export(sub, common: argparse.ArgumentParser) -> None:
     gguf.add_argument("--quant", default="f16", choices=QUANTS)
     gguf.add_argument("--threads", type=int, default=0, help="quantization threads (default: up to 8)")
     gguf.add_argument("--modelfile", action="store_true", help="also write an Ollama Modelfile next to it")
+    vllm = formats.add_parser("vllm", help="a checkpoint directory vLLM serves (docs/vllm.md)", parents=[common])
+    _export_common(vllm)
+    vllm.add_argument("out", help="the directory to write (atomically; must not exist unless --overwrite)")
+    vllm.add_argument("--quant", default="none", choices=("none", *SCHEMES),
+                      help="compressed-tensors scheme (default: none, dense weights)")
+    vllm.add_argument("--lora", default="merge", choices=("merge", "adapter"),
+                      help="merge (default); adapter dirs are written from in-memory peft models (Python API)")
+    vllm.add_argument("--shard-size", default="5GB", help="largest safetensors shard, e.g. 2GB or 500MB")
+    vllm.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: the checkpoint's")
+    vllm.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    vllm.add_argument("--verify", action="store_true",
+                      help="reload with transformers and record the max logit difference in the README")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ def describe(e: BaseException) -> tuple[int, str, str]:
         return 2, first + where, "`slipstream pipeline --list` shows every pass, its options and the presets"
     export_error = _export_error()
     if export_error is not None and isinstance(e, export_error):
-        return 2, first, "see docs/gguf.md for supported architectures and quantizations"
+        return 2, first, "see docs/gguf.md and docs/vllm.md for supported architectures and quantizations"
     if isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
         return 2, first, "check the path"
     return 3, f"{type(e).__name__}: {first}", "this looks like a bug in slipstream or the model; rerun with " \
@@ -27,7 +27,7 @@ def describe(e: BaseException) -> tuple[int, str, str]:
 
 def _export_error():
     try:
-        from .backends.gguf.arch import ExportError
+        from .backends.errors import ExportError
     except ImportError:
         return None
     return ExportError

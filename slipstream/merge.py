@@ -4,6 +4,10 @@ For every peft LoRA linear: W = base weight (dequantized if it is a QuantLinear)
 scaling * B @ A; a QuantLinear without adapters is dequantized. Keys are the plain model's (peft's
 `base_model.model.` prefix and `.base_layer` infix removed), so the result loads into the model class the peft
 model was built from (`load_state_dict(strict=True)`).
+
+Exporters that write adapters apart (`adapters=False`: base weights only) or reuse packed weights
+(`skip_quantized=True`: the weights of `quantized_linears(model, adapters)` are left out, their biases kept) ask
+for less.
 """
 from __future__ import annotations
 
@@ -43,26 +47,49 @@ def _lora_delta(layer: nn.Module) -> Tensor | None:
     return delta
 
 
+def quantized_linears(model: nn.Module, adapters: bool = True) -> dict[str, QuantLinear]:
+    """Plain weight name -> QuantLinear whose packed weight is exported as it is: every QuantLinear without LoRA, and
+    with `adapters=False` (LoRA written apart) the quantized bases of LoRA layers too."""
+    lora_layers = [p for p, m in model.named_modules() if getattr(m, "base_layer", None) is not None
+                   and hasattr(m, "lora_A")]
+    out = {}
+    for path, module in model.named_modules():
+        if not isinstance(module, QuantLinear):
+            continue
+        under_lora = any(path.startswith(p + ".") for p in lora_layers)
+        if not under_lora or not adapters:
+            out[_plain_name(f"{path}.weight")] = module
+    return out
+
+
 @torch.no_grad()
-def merge_lora(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
-    """Dense weights with LoRA merged (in `dtype`, default each base weight's own dtype), plain key names."""
+def merge_lora(model: nn.Module, dtype: torch.dtype | None = None, *, adapters: bool = True,
+               skip_quantized: bool = False) -> dict[str, Tensor]:
+    """Dense weights with LoRA merged (in `dtype`, default each base weight's own dtype), plain key names.
+
+    adapters=False: the base weights without any LoRA delta. skip_quantized=True: leave out the weights of
+    `quantized_linears(model, adapters)` (the caller exports their packed form)."""
     out: dict[str, Tensor] = {}
     handled: set[str] = set()
     lora_layers: list[str] = []
+    skipped = set(quantized_linears(model, adapters)) if skip_quantized else set()
     for path, module in model.named_modules():
         base = getattr(module, "base_layer", None)
         if base is not None and hasattr(module, "lora_A"):
             lora_layers.append(path)
             target = dtype or (base.weight_dtype if isinstance(base, QuantLinear) else base.weight.dtype)
-            weight = _base_weight(base, torch.float32)
-            delta = _lora_delta(module)
-            out[_plain_name(f"{path}.weight")] = (weight if delta is None else weight + delta).to(target)
+            name = _plain_name(f"{path}.weight")
+            if name not in skipped:
+                weight = _base_weight(base, torch.float32)
+                delta = _lora_delta(module) if adapters else None
+                out[name] = (weight if delta is None else weight + delta).to(target)
             if base.bias is not None:
                 out[_plain_name(f"{path}.bias")] = base.bias.detach().to(dtype or base.bias.dtype)
             handled.update(n for n, _ in module.named_parameters(prefix=path))
             handled.update(n for n, _ in module.named_buffers(prefix=path))
         elif isinstance(module, QuantLinear) and not any(path.startswith(p + ".") for p in lora_layers):
-            out[_plain_name(f"{path}.weight")] = module.dequantize(dtype)
+            if _plain_name(f"{path}.weight") not in skipped:
+                out[_plain_name(f"{path}.weight")] = module.dequantize(dtype)
             if module.bias is not None:
                 out[_plain_name(f"{path}.bias")] = module.bias.detach().to(dtype or module.bias.dtype)
             handled.update(n for n, _ in module.named_parameters(prefix=path))

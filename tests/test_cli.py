@@ -50,15 +50,15 @@ def test_optimize_saves_a_model_transformers_loads_and_dumps_a_repro(checkpoint,
     assert '"pipeline": "' + PRESETS["default"] in (out / "slipstream.json").read_text()
 
     assert (dump / "pipeline.txt").read_text() == PRESETS["default"] + "\n"
-    layer = dump / "graphs" / "g1-model.layers.0"
+    layer = dump / "graphs" / "g0-model.layers.0"
     names = sorted(p.name for p in layer.iterdir())
     assert names == ["00-input.py", "01-fuse-rms-norm.py", "02-fuse-swiglu.py", "03-fuse-rope.py",
                      "04-fuse-attention.py"]
     assert "def forward(self" in (layer / "00-input.py").read_text()
     assert "torch.ops.slipstream.rms_norm.default" in (layer / "01-fuse-rms-norm.py").read_text()
     dots = sorted(p.name for p in (dump / "regions").iterdir())
-    assert len(dots) == 2 * 6 and "g1-fuse-rms-norm-0-before.dot" in dots  # 7 rewrites: RoPE's q and k share one
-    assert (dump / "regions" / "g1-fuse-rms-norm-0-after.dot").read_text().startswith("digraph ")
+    assert len(dots) == 2 * 6 and "g0-fuse-rms-norm-0-before.dot" in dots  # 7 rewrites: RoPE's q and k share one
+    assert (dump / "regions" / "g0-fuse-rms-norm-0-after.dot").read_text().startswith("digraph ")
     assert "<table class=\"region\">" in (dump / "report.html").read_text()
 
     rerun = subprocess.run([sys.executable, str(dump / "repro.py")], capture_output=True, text=True, cwd=tmp_path,
@@ -79,9 +79,9 @@ def test_diff_verify_and_bisect_name_the_broken_rule(checkpoint, monkeypatch, ca
     assert main(["diff", str(checkpoint), "--verify", "--bisect", "--quiet", "--print-after", "none"]) == 1
     out = capsys.readouterr().out
     assert ("verify: FIRST REGION OUT OF TOLERANCE: fuse-rms-norm:dropped-eps at model.layers.0.input_layernorm "
-            "(graph 1, %8 -> %64)") in out
+            "(graph 0, %8 -> %64)") in out
     assert ("bisect: first drifting rewrite: fuse-rms-norm:dropped-eps at model.layers.0.input_layernorm "
-            "(graph 1, %8 -> %64; application 1 of 3)") in out
+            "(graph 0, %8 -> %64; application 1 of 3)") in out
 
 
 def test_pipeline_print_expands_a_preset_with_every_default(capsys):

@@ -1,9 +1,10 @@
 """Which parts of a model are captured as graphs ("units"), found by structure, never by class name.
 
 A unit is the largest piece that still works with `generate()`: each layer of a stack of repeated layers (an
-`nn.ModuleList` of modules of one class), plus the stack's siblings that hold parameters (final norm,
-embeddings). The KV-cache update stays inside a layer's Python, which dynamo replays as a side effect, so a
-rewritten region never spans it. A model with no layer stack is one unit.
+`nn.ModuleList` of modules of one class), plus the stack's siblings that hold parameters (final norm, scaled
+embeddings). Built-in single-op modules (`nn.Embedding`, `nn.Linear`) are not units: nothing in them can be
+fused. The KV-cache update stays inside a layer's Python, which dynamo replays as a side effect, so a rewritten
+region never spans it. A model with no layer stack is one unit.
 """
 from __future__ import annotations
 
@@ -14,12 +15,22 @@ def _has_params(module: nn.Module) -> bool:
     return next(module.parameters(), None) is not None
 
 
+def _single_op(module: nn.Module) -> bool:
+    """A built-in torch.nn leaf (Embedding, Linear, Identity, ...): its graph is one op that no pass rewrites,
+    so capturing it would only add a compiled call's overhead to every call (e.g. per generated token)."""
+    return type(module).__module__.startswith("torch.nn.") and next(module.children(), None) is None
+
+
+def _capturable(module: nn.Module) -> bool:
+    return _has_params(module) and not _single_op(module)
+
+
 def _layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     stacks = []
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
-        if len({type(m) for m in module}) == 1 and _has_params(module[0]):
+        if len({type(m) for m in module}) == 1 and _capturable(module[0]):
             if not any(name.startswith(s + ".") for s, _ in stacks):
                 stacks.append((name, module))
     return stacks
@@ -45,7 +56,7 @@ def find_unit_groups(model: nn.Module) -> list[list[Unit]]:
         parent_name = stack_name.rpartition(".")[0]
         parent = model.get_submodule(parent_name)
         for child_name, child in parent.named_children():
-            if id(child) in stack_ids or isinstance(child, (nn.ModuleList, nn.ModuleDict)) or not _has_params(child):
+            if id(child) in stack_ids or isinstance(child, (nn.ModuleList, nn.ModuleDict)) or not _capturable(child):
                 continue
             if any(id(m) in stack_ids for m in child.modules()):
                 continue  # it contains a layer stack itself: its parts are units already

@@ -7,6 +7,10 @@ visible iff key_padding[b, j] (bool [B, T], False = padding), and j <= T - S + i
 j > T - S + i - window if window > 0 (Hugging Face sliding_window). Scores are scale * q.k, then
 softcap * tanh(scores / softcap) if softcap > 0 (Gemma 2), then masked. A query row with no visible key outputs 0
 and gets zero gradients; its lse is +inf. Outputs are contiguous in q's dtype; lse is fp32 (fp64 for fp64 q).
+Dropout (training): with dropout_p > 0 each probability is kept with probability 1 - dropout_p and scaled by
+1 / (1 - dropout_p); the keep decisions are a pure function of `seed` (Philox in the Triton kernels, a seeded
+torch.Generator in the reference), so the backward draws them again instead of storing a mask. The lse is the
+dropout-free softmax's.
 
 Ops: `attention_forward` -> (out, lse) carries the autograd formula used in training (lse is saved, never
 differentiated); `attention` -> out is the single-node form graph passes emit. Its own autograd formula (reached
@@ -77,6 +81,13 @@ def visible_mask(b: int, s: int, t: int, key_padding: Optional[Tensor], causal: 
     return vis & key_padding[:, None, None, :] if key_padding is not None else vis
 
 
+def _reference_keep(q: Tensor, t: int, dropout_p: float, seed: int) -> Tensor:
+    """[B, Hkv, G, S, T] keep mask of the reference path, from a torch.Generator seeded with `seed`."""
+    b, hq, s, _ = q.shape
+    gen = torch.Generator(device=q.device).manual_seed(seed)
+    return torch.rand((b, hq, s, t), generator=gen, device=q.device) >= dropout_p
+
+
 def _scores(q: Tensor, k: Tensor, key_padding, causal, scale, window, softcap) -> tuple[Tensor, Tensor, Tensor]:
     """(masked scores [B, Hkv, G, S, T], tanh of the soft-cap or None, visibility) in fp32 (fp64 for fp64)."""
     ct = lse_dtype(q)
@@ -93,19 +104,23 @@ def _scores(q: Tensor, k: Tensor, key_padding, causal, scale, window, softcap) -
 
 
 def attention_reference(q: Tensor, k: Tensor, v: Tensor, key_padding: Optional[Tensor], causal: bool,
-                        scale: float, window: int, softcap: float) -> tuple[Tensor, Tensor]:
+                        scale: float, window: int, softcap: float, dropout_p: float = 0.0,
+                        seed: int = 0) -> tuple[Tensor, Tensor]:
     """(out, lse) by explicit matmul / softmax in fp32 (fp64 for fp64 inputs)."""
     b, hq, s, d = q.shape
     x, _, _ = _scores(q, k, key_padding, causal, scale, window, softcap)
     lse = torch.logsumexp(x, -1)
     lse = lse.masked_fill(lse == float("-inf"), float("inf"))  # empty rows: exp(-inf - inf) = 0, not NaN
     p = torch.exp(x - lse[..., None])
+    if dropout_p > 0:
+        p = p * _reference_keep(q, k.shape[2], dropout_p, seed).reshape(x.shape) / (1 - dropout_p)
     out = p @ v.to(x.dtype)[:, :, None]
     return out.reshape(b, hq, s, d).to(q.dtype).contiguous(), lse.reshape(b, hq, s)
 
 
 def attention_backward_reference(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                                 key_padding, causal, scale, window, softcap) -> tuple[Tensor, Tensor, Tensor]:
+                                 key_padding, causal, scale, window, softcap, dropout_p: float = 0.0,
+                                 seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     b, hq, s, d = q.shape
     hkv = k.shape[1]
     x, tanh, _ = _scores(q, k, key_padding, causal, scale, window, softcap)
@@ -113,9 +128,15 @@ def attention_backward_reference(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, 
     g5 = (b, hkv, hq // hkv, s)
     p = torch.exp(x - lse.to(ct).reshape(g5)[..., None])
     go = grad.to(ct).reshape(*g5, d)
-    dv = (p.transpose(-1, -2) @ go).sum(2)
+    dp = go @ v.to(ct)[:, :, None].transpose(-1, -2)
+    if dropout_p > 0:
+        kept = _reference_keep(q, k.shape[2], dropout_p, seed).reshape(x.shape) / (1 - dropout_p)
+        dv = ((p * kept).transpose(-1, -2) @ go).sum(2)
+        dp = dp * kept
+    else:
+        dv = (p.transpose(-1, -2) @ go).sum(2)
     delta = (go * out.to(ct).reshape(*g5, d)).sum(-1, keepdim=True)
-    ds = p * (go @ v.to(ct)[:, :, None].transpose(-1, -2) - delta)
+    ds = p * (dp - delta)
     if tanh is not None:
         ds = ds * (1 - tanh * tanh)
     dq = (ds @ k.to(ct)[:, :, None]) * scale
@@ -125,42 +146,43 @@ def attention_backward_reference(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, 
 
 
 def _attention_forward(q: Tensor, k: Tensor, v: Tensor, key_padding: Optional[Tensor], causal: bool, scale: float,
-                       window: int, softcap: float) -> tuple[Tensor, Tensor]:
+                       window: int, softcap: float, dropout_p: float, seed: int) -> tuple[Tensor, Tensor]:
     _check(q, k, v, key_padding)
     kind = select_attention_kernel(q, k)
-    if kind == "decode":
+    if kind == "decode" and dropout_p == 0:
         from slipstream.kernels.triton_attention import decode_forward
 
         return decode_forward(q, k, v, key_padding, causal, scale, window, softcap)
-    if kind == "flash":
+    if kind != "reference":  # dropout (training) always takes flash: decode has none
         from slipstream.kernels.triton_attention import flash_forward
 
-        return flash_forward(q, k, v, key_padding, causal, scale, window, softcap)
-    return attention_reference(q, k, v, key_padding, causal, scale, window, softcap)
+        return flash_forward(q, k, v, key_padding, causal, scale, window, softcap, dropout_p, seed)
+    return attention_reference(q, k, v, key_padding, causal, scale, window, softcap, dropout_p, seed)
 
 
 def _attention_forward_fake(q: Tensor, k: Tensor, v: Tensor, key_padding: Optional[Tensor], causal: bool,
-                            scale: float, window: int, softcap: float) -> tuple[Tensor, Tensor]:
+                            scale: float, window: int, softcap: float, dropout_p: float,
+                            seed: int) -> tuple[Tensor, Tensor]:
     _check(q, k, v, key_padding)
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=lse_dtype(q))
 
 
 def _attention(q: Tensor, k: Tensor, v: Tensor, key_padding: Optional[Tensor], causal: bool, scale: float,
-               window: int, softcap: float) -> Tensor:
-    return _attention_forward(q, k, v, key_padding, causal, scale, window, softcap)[0]
+               window: int, softcap: float, dropout_p: float, seed: int) -> Tensor:
+    return _attention_forward(q, k, v, key_padding, causal, scale, window, softcap, dropout_p, seed)[0]
 
 
 def _attention_fake(q: Tensor, k: Tensor, v: Tensor, key_padding: Optional[Tensor], causal: bool, scale: float,
-                    window: int, softcap: float) -> Tensor:
+                    window: int, softcap: float, dropout_p: float, seed: int) -> Tensor:
     _check(q, k, v, key_padding)
     return q.new_empty(q.shape)
 
 
 def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                         key_padding: Optional[Tensor], causal: bool, scale: float, window: int,
-                        softcap: float) -> tuple[Tensor, Tensor, Tensor]:
+                        softcap: float, dropout_p: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     _check(q, k, v, key_padding)
-    args = (grad_out, q, k, v, out, lse, key_padding, causal, scale, window, softcap)
+    args = (grad_out, q, k, v, out, lse, key_padding, causal, scale, window, softcap, dropout_p, seed)
     if select_attention_kernel(q, k) != "reference":  # decode-sized calls too: the flash backward handles any S
         from slipstream.kernels.triton_attention_bwd import flash_backward
 
@@ -170,7 +192,7 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: 
 
 def _attention_backward_fake(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                              key_padding: Optional[Tensor], causal: bool, scale: float, window: int,
-                             softcap: float) -> tuple[Tensor, Tensor, Tensor]:
+                             softcap: float, dropout_p: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     _check(q, k, v, key_padding)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
@@ -186,7 +208,7 @@ def _setup_forward(ctx, inputs, output) -> None:
 def _backward_forward(ctx, grad_out: Tensor, _grad_lse: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
     q, k, v, key_padding, out, lse = ctx.saved_tensors
     dq, dk, dv = attention_backward_op(grad_out, q, k, v, out, lse, key_padding, *ctx.options)
-    return dq, dk, dv, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 def _setup_attention(ctx, inputs, output) -> None:
@@ -199,7 +221,7 @@ def _backward_attention(ctx, grad_out: Tensor) -> tuple[Optional[Tensor], ...]:
     q, k, v, key_padding = ctx.saved_tensors
     out, lse = attention_forward_op(q, k, v, key_padding, *ctx.options)  # the lse the out-only op did not keep
     dq, dk, dv = attention_backward_op(grad_out, q, k, v, out, lse, key_padding, *ctx.options)
-    return dq, dk, dv, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 attention_backward_op = define_op("attention_backward", _attention_backward, _attention_backward_fake)
@@ -209,10 +231,18 @@ attention_op = define_op("attention", _attention, _attention_fake, _backward_att
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_padding: Optional[Tensor] = None, causal: bool = True,
-              scale: Optional[float] = None, window: int = -1, softcap: float = 0.0) -> Tensor:
-    """softmax(mask(cap(scale * q k^T))) v; see the module docstring. scale defaults to head_dim ** -0.5."""
+              scale: Optional[float] = None, window: int = -1, softcap: float = 0.0, dropout_p: float = 0.0,
+              seed: Optional[int] = None) -> Tensor:
+    """dropout(softmax(mask(cap(scale * q k^T)))) v; see the module docstring. scale defaults to head_dim ** -0.5;
+    with dropout_p > 0 and no seed, the seed is drawn from torch's default generator (torch.manual_seed
+    reproduces a run)."""
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
+    if dropout_p > 0 and seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
     args = (q, k, v, key_padding, bool(causal), float(q.shape[-1] ** -0.5 if scale is None else scale),
-            int(window) if window > 0 else -1, float(softcap) if softcap > 0 else 0.0)
+            int(window) if window > 0 else -1, float(softcap) if softcap > 0 else 0.0, float(dropout_p),
+            int(seed or 0))
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return attention_forward_op(*args)[0]
     return attention_op(*args)

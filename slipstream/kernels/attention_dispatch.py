@@ -2,11 +2,13 @@
 
 Recognition happens in the graph (passes/fuse_attention.py); what the mask *is* can only be known at run time:
 Hugging Face builds it outside the layer. So each call
-1. classifies the mask (none, causal, causal + key padding, sliding window, bidirectional padding, or
-   arbitrary) by reconstructing it from those few parameters and checking it is *equal* to the given one, so a
-   mask is never mistaken for a kind it is not;
+1. classifies the mask (none, causal, causal + key padding, sliding window, bidirectional padding, packed
+   sequences (block-diagonal causal, what Hugging Face builds from position_ids that restart), or arbitrary) by
+   reconstructing it from those few parameters and checking it is *equal* to the given one, so a mask is never
+   mistaken for a kind it is not;
 2. picks the implementation: the fused `slipstream::attention` op (Triton flash/decode kernels on CUDA, its
-   PyTorch reference elsewhere) or the site's original computation ("reference", bit-exact with the model);
+   PyTorch reference elsewhere), `slipstream::attention_varlen` for packed sequences, or the site's original
+   computation ("reference", bit-exact with the model);
 3. records (unit, site, implementation, reason) so `explain()` can show what ran and why.
 """
 from __future__ import annotations
@@ -26,10 +28,12 @@ IMPLS = ("auto", "triton", "reference")   # triton: the slipstream::attention op
 
 @dataclass(frozen=True)
 class MaskInfo:
-    kind: str                               # none | causal | padded | window | bidirectional | arbitrary
+    kind: str                               # none | causal | padded | window | bidirectional | packed | arbitrary
     key_padding: torch.Tensor | None        # [B, T] bool, True = keep; None when nothing is padded
     window: int                             # -1: no sliding window
     reason: str = ""                        # why the mask is arbitrary
+    cu_seqlens: torch.Tensor | None = None  # packed: int32 [n + 1] sequence bounds over the B * S flattened rows
+    max_seqlen: int = 0                     # packed: the longest sequence
 
 
 _cache: list[tuple[weakref.ref, int, tuple, MaskInfo]] = []
@@ -77,7 +81,26 @@ def _classify(mask: torch.Tensor, s: int, t: int) -> MaskInfo:
     window = int(span)
     if 0 < window < t and torch.equal(a, (j <= pos) & (j > pos - window) & padded):
         return MaskInfo("window", kp, window)
-    return MaskInfo("arbitrary", None, -1, "not causal, padding or sliding-window")
+    packed = _packed(a)
+    if packed is not None:
+        return packed
+    return MaskInfo("arbitrary", None, -1, "not causal, padding, sliding-window or packed sequences")
+
+
+def _packed(a: torch.Tensor) -> MaskInfo | None:
+    """Packed sequences: every query sees exactly the keys of its own sequence up to itself. A sequence starts
+    where a row's first visible key is the row itself; the mask rebuilt from those starts must equal `a`."""
+    b, s, t = a.shape
+    i = torch.arange(s, device=a.device)
+    if s != t or not a[:, i, i].all():
+        return None
+    starts = a.int().argmax(-1) == i                               # [b, s]; row 0 always starts one
+    seg = starts.cumsum(-1)
+    if not torch.equal(a, (seg[:, :, None] == seg[:, None, :]) & (i[None, :] <= i[:, None])):
+        return None
+    bounds = (starts.reshape(-1).nonzero()[:, 0]).tolist() + [b * s]  # over the flattened [b * s] rows
+    cu = torch.tensor(bounds, dtype=torch.int32, device=a.device)
+    return MaskInfo("packed", None, -1, cu_seqlens=cu, max_seqlen=int((cu[1:] - cu[:-1]).max()))
 
 
 @functools.cache
@@ -95,21 +118,25 @@ def choose(q: torch.Tensor, info: MaskInfo, impl: str, dropout_p: float, trainin
         return "reference", "impl=reference"
     if info.kind == "arbitrary":
         return "reference", f"arbitrary mask: {info.reason}"
-    if dropout_p > 0 and training:
-        return "reference", "attention dropout in training (the fused kernels have none)"
+    if info.kind == "packed" and dropout_p > 0 and training:
+        return "reference", "attention dropout over packed sequences (the varlen kernel has none)"
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return "reference", f"dtype {q.dtype} is not supported by slipstream::attention"
     if not _fused_available():
         return "reference", "slipstream::attention is not available in this build"
     if impl == "auto" and q.device.type != "cuda":
         return "reference", "CPU: the original computation is the reference (impl=triton runs the fused op)"
-    return "triton", f"{info.kind} mask"
+    dropout = f", dropout {dropout_p:g} (Philox in the kernels: not the model's RNG stream)" \
+        if dropout_p > 0 and training else ""
+    return "triton", f"{info.kind} mask{dropout}"
 
 
-def kernel_name(q: torch.Tensor, k: torch.Tensor) -> str:
+def kernel_name(q: torch.Tensor, k: torch.Tensor, packed: bool = False) -> str:
     """What slipstream::attention will run for these shapes: flash, decode, or its PyTorch reference."""
     from .attention import select_attention_kernel
     kernel = select_attention_kernel(q, k)
+    if kernel != "reference" and packed:
+        kernel = "varlen"
     return "op-reference (no Triton for this device/dtype/head_dim)" if kernel == "reference" else kernel
 
 
@@ -121,14 +148,29 @@ def attention(q, k, v, k_orig, v_orig, mask, *, causal: bool, scale, dropout_p: 
     choice, reason = choose(q, info, impl, dropout_p, training)
     sink = DECISIONS.get()
     if sink is not None:  # the running model's report
-        label = "reference" if choice == "reference" else kernel_name(q, k)
+        label = "reference" if choice == "reference" else kernel_name(q, k, info.kind == "packed")
         sink.add((CURRENT_UNIT.get() or unit, site, label, reason))
     if choice == "reference":
         return _reference(q, k_orig, v_orig, mask, causal, scale, dropout_p, training, softcap, form)
     from .attention import attention as fused_attention
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if info.kind == "packed":
+        return _varlen(q, k, v, info, scale, float(softcap or 0.0))
     return fused_attention(q, k, v, info.key_padding, info.kind in ("causal", "padded", "window"), scale,
-                           info.window, float(softcap or 0.0))
+                           info.window, float(softcap or 0.0), float(dropout_p) if training else 0.0)
+
+
+def _varlen(q, k, v, info: MaskInfo, scale: float, softcap: float) -> torch.Tensor:
+    """Packed sequences through slipstream::attention_varlen: [B, H, S, D] -> [B * S, H, D] rows and back."""
+    from .attention_varlen import attention_varlen
+
+    b, hq, s, d = q.shape
+
+    def rows(x):
+        return x.transpose(1, 2).reshape(b * s, x.shape[1], d)
+    out = attention_varlen(rows(q), rows(k), rows(v), info.cu_seqlens, info.cu_seqlens, info.max_seqlen,
+                           info.max_seqlen, causal=True, scale=scale, softcap=softcap)
+    return out.reshape(b, s, hq, d).transpose(1, 2)
 
 
 def _reference(q, k, v, mask, causal, scale, dropout_p, training, softcap, form):

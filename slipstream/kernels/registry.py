@@ -10,6 +10,10 @@ import torch
 
 NAMESPACE = "slipstream"
 
+# op overload -> its Python implementation (what the op's CPU/CUDA kernel calls), for callers that may skip the
+# dispatcher's autograd wrapper because no gradient is wanted (backends/no_grad.py)
+IMPLEMENTATIONS: dict = {}
+
 
 def define_op(
     name: str,
@@ -20,6 +24,7 @@ def define_op(
 ) -> "torch.library.CustomOpDef":
     """Register `slipstream::<name>` (schema inferred from `impl`'s annotations; ops never mutate inputs)."""
     op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=())
+    IMPLEMENTATIONS[getattr(torch.ops.slipstream, name).default] = impl
     op.register_fake(fake)
     if backward is not None:
         op.register_autograd(backward, setup_context=setup_context)

@@ -67,6 +67,17 @@ def _capped(x, softcap, SOFTCAP: tl.constexpr):
 
 
 @triton.jit
+def _keep(seed, bh, rows, cols, p_drop):
+    """Dropout's keep decision for scores (bh, rows, cols) (broadcastable index tiles): Philox on the counter
+    (column, row, batch * heads + head), so the forward and both backward kernels draw the same number for a
+    score whatever their tiling or layout (FlashAttention's regenerate-don't-store)."""
+    zero = (rows + cols) * 0
+    r, _, _, _ = tl.philox(seed, (cols + zero).to(tl.uint32), (rows + zero).to(tl.uint32),
+                           (bh + zero).to(tl.uint32), zero.to(tl.uint32))
+    return tl.uint_to_uniform_float(r) >= p_drop
+
+
+@triton.jit
 def _key_range(start_m, S, T, window, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """[lo, hi) of keys any query in [start_m, start_m + BLOCK_M) can see; lo aligned to BLOCK_N."""
@@ -103,9 +114,13 @@ def _unmasked_keys(lo, hi, start_m, S, T, window, CAUSAL: tl.constexpr, WINDOW: 
 
 @triton.jit
 def _online_softmax_step(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, rows, start_n, S, T, D,
-                         qk_scale, softcap, window, kp_ptr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-                         WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr,
-                         PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                         qk_scale, softcap, window, kp_ptr, seed, bh, p_drop, MASKED: tl.constexpr,
+                         CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr,
+                         DROPOUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_D: tl.constexpr):
+    """One key block of the online softmax. Dropout zeroes probabilities in the output's sum only: the
+    normaliser l_i (and so the lse) is the dropout-free softmax's; the 1 / (1 - p) factor is applied to the fp32
+    output at the end, so 16-bit P rounds as without dropout."""
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     kt = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None],
@@ -122,15 +137,18 @@ def _online_softmax_step(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn,
     alpha = tl.exp2(m_i - m_new)
     v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :],
                 mask=(cols[:, None] < T) & (offs_d[None, :] < D), other=0.0)
+    l_new = l_i * alpha + tl.sum(p, 1)
+    if DROPOUT:
+        p = tl.where(_keep(seed, bh, rows[:, None], cols[None, :], p_drop), p, 0.0)
     acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION)
-    return acc, m_new, l_i * alpha + tl.sum(p, 1)
+    return acc, m_new, l_new
 
 
 @triton.jit
 def _attn_fwd_tile(q_base, k_base, v_base, o_base, lse_base, kp_ptr, sqm, skn, svn, som, start_m, S, T, D,
-                   qk_scale, softcap, window, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-                   HAS_PAD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_D: tl.constexpr):
+                   qk_scale, softcap, window, seed, bh, p_drop, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+                   SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """Query rows [start_m, +BLOCK_M) of one (sequence, head): bases point at its row 0 (shared with varlen).
     Rows >= S load q = 0 and are never stored, so unmasked steps may compute them freely."""
     rows = start_m + tl.arange(0, BLOCK_M)
@@ -145,17 +163,19 @@ def _attn_fwd_tile(q_base, k_base, v_base, o_base, lse_base, kp_ptr, sqm, skn, s
     for start_n in range(lo, a, BLOCK_N):
         acc, m_i, l_i = _online_softmax_step(
             acc, m_i, l_i, q, k_base, v_base, skn, svn, rows, start_n, S, T, D, qk_scale, softcap, window,
-            kp_ptr, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
+            kp_ptr, seed, bh, p_drop, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, DROPOUT, PRECISION, BLOCK_N, BLOCK_D)
     for start_n in range(a, b, BLOCK_N):
         acc, m_i, l_i = _online_softmax_step(
             acc, m_i, l_i, q, k_base, v_base, skn, svn, rows, start_n, S, T, D, qk_scale, softcap, window,
-            kp_ptr, False, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
+            kp_ptr, seed, bh, p_drop, False, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, DROPOUT, PRECISION, BLOCK_N, BLOCK_D)
     for start_n in range(b, hi, BLOCK_N):
         acc, m_i, l_i = _online_softmax_step(
             acc, m_i, l_i, q, k_base, v_base, skn, svn, rows, start_n, S, T, D, qk_scale, softcap, window,
-            kp_ptr, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
+            kp_ptr, seed, bh, p_drop, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, DROPOUT, PRECISION, BLOCK_N, BLOCK_D)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    if DROPOUT:
+        out = out / (1.0 - p_drop)
     lse = tl.where(empty, float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
     tl.store(o_base + rows[:, None] * som + offs_d[None, :], out.to(o_base.dtype.element_ty), mask=mask)
     tl.store(lse_base + rows, lse, mask=rows < S)
@@ -173,8 +193,8 @@ def _block_index(CAUSAL: tl.constexpr):
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, KP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, skpb,
-    H, GROUP, S, T, D, qk_scale, softcap, window,
-    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr,
+    H, GROUP, S, T, D, qk_scale, softcap, window, seed, p_drop,
+    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     bh = tl.program_id(1)
@@ -183,8 +203,8 @@ def _attn_fwd_kernel(
     kvh = h // GROUP  # GQA/MQA: read the shared kv head in place, never a repeated copy
     _attn_fwd_tile(Q + b * sqb + h * sqh, K + b * skb + kvh * skh, V + b * svb + kvh * svh, O + b * sob + h * soh,
                    LSE + bh.to(tl.int64) * S, KP + b * skpb, sqm, skn, svn, som, _block_index(CAUSAL) * BLOCK_M,
-                   S, T, D, qk_scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION,
-                   BLOCK_M, BLOCK_N, BLOCK_D)
+                   S, T, D, qk_scale, softcap, window, seed, bh, p_drop, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, DROPOUT,
+                   PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
 
 
 @triton.jit
@@ -221,7 +241,7 @@ def _attn_decode_kernel(
     for start_n in range(lo, hi, BLOCK_N):
         acc, m_i, l_i = _online_softmax_step(
             acc, m_i, l_i, q, k_base, v_base, skn, svn, i_vis, start_n, S, T, D, qk_scale, softcap, window,
-            kp_ptr, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
+            kp_ptr, 0, 0, 0.0, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, False, PRECISION, BLOCK_N, BLOCK_D)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
@@ -278,8 +298,11 @@ def _fwd_config(block_d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     return (128, 64, 4 if block_d <= 64 else 8, 3)
 
 
-def flash_forward(q, k, v, key_padding, causal: bool, scale: float, window: int, softcap: float):
-    """out [B, Hq, S, D] (q's dtype, contiguous) and lse [B, Hq, S] fp32."""
+def flash_forward(q, k, v, key_padding, causal: bool, scale: float, window: int, softcap: float,
+                  dropout_p: float = 0.0, seed: int = 0):
+    """out [B, Hq, S, D] (q's dtype, contiguous) and lse [B, Hq, S] fp32 (of the dropout-free softmax). With
+    dropout_p > 0 each probability is kept with probability 1 - dropout_p (Philox stream `seed`, see `_keep`)
+    and scaled by 1 / (1 - dropout_p)."""
     q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     b, hq, s, d = q.shape
     hkv, t_len = k.shape[1], k.shape[2]
@@ -293,9 +316,9 @@ def flash_forward(q, k, v, key_padding, causal: bool, scale: float, window: int,
     with launch_guard(_attn_fwd_kernel, q):
         _attn_fwd_kernel[(triton.cdiv(s, block_m), b * hq)](
             q, k, v, out, lse, kp, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], skpb,
-            hq, hq // hkv, s, t_len, d, scale, softcap, window,
+            hq, hq // hkv, s, t_len, d, scale, softcap, window, seed, dropout_p,
             CAUSAL=causal, WINDOW=window > 0, SOFTCAP=softcap > 0, HAS_PAD=key_padding is not None,
-            PRECISION=precision(q), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+            DROPOUT=dropout_p > 0, PRECISION=precision(q), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
             num_warps=warps, num_stages=stages,
         )
     return out, lse
@@ -341,3 +364,24 @@ def decode_forward(q, k, v, key_padding, causal: bool, scale: float, window: int
             BLOCK_SPLIT=triton.next_power_of_2(splits), BLOCK_D=block_d, num_warps=1 if block_d <= 64 else 2,
         )
     return out, lse
+
+
+@triton.jit
+def _keep_mask_kernel(OUT, S, T, seed, p_drop, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    bh = tl.program_id(2)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    keep = _keep(seed, bh, rows[:, None], cols[None, :], p_drop)
+    tl.store(OUT + (bh.to(tl.int64) * S + rows[:, None]) * T + cols[None, :], keep.to(tl.int8),
+             mask=(rows[:, None] < S) & (cols[None, :] < T))
+
+
+def dropout_keep_mask(b: int, h: int, s: int, t: int, dropout_p: float, seed: int,
+                      device: torch.device) -> torch.Tensor:
+    """Bool [B, Hq, S, T]: the keep decisions the flash kernels draw for (dropout_p, seed) (tests, debugging)."""
+    out = torch.empty((b, h, s, t), dtype=torch.int8, device=device)
+    if out.numel():
+        with launch_guard(_keep_mask_kernel, out):
+            _keep_mask_kernel[(triton.cdiv(s, 32), triton.cdiv(t, 32), b * h)](out, s, t, seed, dropout_p,
+                                                                              BLOCK_M=32, BLOCK_N=32)
+    return out.bool()

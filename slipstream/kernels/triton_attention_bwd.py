@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from slipstream.kernels.triton_attention import _block_index, _capped, _dot, _key_range, _unmasked_keys, _visible
+from slipstream.kernels.triton_attention import _block_index, _capped, _dot, _keep, _key_range, _unmasked_keys, _visible
 from slipstream.kernels.triton_attention import last_dim_contiguous, pad_mask, precision
 from slipstream.kernels.triton_utils import launch_guard
 
@@ -93,18 +93,24 @@ def _probabilities(s, lse, rows, cols, S, T, window, kp_ptr, MASKED: tl.constexp
 
 @triton.jit
 def _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, cols, start_m, S, T, D,
-               qk_scale, softcap, window, kp_ptr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-               WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, PRECISION: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """One query block against this program's key block, all in the transposed [keys, queries] layout."""
+               qk_scale, softcap, window, kp_ptr, seed, bh, p_drop, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+               WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr,
+               PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One query block against this program's key block, all in the transposed [keys, queries] layout.
+    Dropout (FlashAttention's backward): dV takes the dropped, rescaled P; dP = keep * (dO V^T) / (1 - p)."""
     rows = start_m + tl.arange(0, BLOCK_M)
     q, do, lse, delta = _query_block(q_base, do_base, lse_base, delta_base, sqm, sdom, rows, S, D, BLOCK_D)
     x = _dot(k, tl.trans(q), PRECISION) * qk_scale
     s = _capped(x, softcap, SOFTCAP)
     pt = _probabilities(s, lse[None, :], rows[None, :], cols[:, None], S, T, window, kp_ptr, MASKED, CAUSAL,
                         WINDOW, HAS_PAD)
-    dv += _dot(pt.to(do.dtype), do, PRECISION)
     dpt = _dot(v, tl.trans(do), PRECISION)
+    if DROPOUT:
+        keep = _keep(seed, bh, rows[None, :], cols[:, None], p_drop)
+        dv += _dot(tl.where(keep, pt, 0.0).to(do.dtype), do, PRECISION)  # 1 / (1 - p) applied at the store
+        dpt = tl.where(keep, dpt / (1.0 - p_drop), 0.0)
+    else:
+        dv += _dot(pt.to(do.dtype), do, PRECISION)
     dst = pt * (dpt - delta[None, :])
     if SOFTCAP:
         t = s / softcap
@@ -116,10 +122,12 @@ def _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, c
 @triton.jit
 def _attn_dkdv_tile(q_base, k_base, v_base, do_base, dk_base, dv_base, lse_base, delta_base, kp_ptr,
                     sqh, sqm, skn, svn, sdoh, sdom, sdkn, slh, start_n, GROUP, S, T, D, qk_scale, softcap, window,
-                    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr,
-                    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                    seed, bh0, p_drop, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+                    HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """dK/dV of keys [start_n, +BLOCK_N) of one kv head; q/do/lse/delta bases point at its first query head
-    (heads sqh / sdoh / slh apart). dk/dv share the row stride sdkn."""
+    (heads sqh / sdoh / slh apart; bh0 is its batch * heads + head, dropout's counter). dk/dv share the row
+    stride sdkn."""
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     kv_mask = (cols[:, None] < T) & (offs_d[None, :] < D)
@@ -133,26 +141,28 @@ def _attn_dkdv_tile(q_base, k_base, v_base, do_base, dk_base, dv_base, lse_base,
         qg, dog, lseg, deltag = q_base + g * sqh, do_base + g * sdoh, lse_base + g * slh, delta_base + g * slh
         for start_m in range(lo, a, BLOCK_M):
             dk, dv = _dkdv_step(dk, dv, k, v, qg, dog, lseg, deltag, sqm, sdom, cols, start_m, S, T, D, qk_scale,
-                                softcap, window, kp_ptr, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION,
-                                BLOCK_M, BLOCK_D)
+                                softcap, window, kp_ptr, seed, bh0 + g, p_drop, True, CAUSAL, WINDOW, SOFTCAP,
+                                HAS_PAD, DROPOUT, PRECISION, BLOCK_M, BLOCK_D)
         for start_m in range(a, b, BLOCK_M):
             dk, dv = _dkdv_step(dk, dv, k, v, qg, dog, lseg, deltag, sqm, sdom, cols, start_m, S, T, D, qk_scale,
-                                softcap, window, kp_ptr, False, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION,
-                                BLOCK_M, BLOCK_D)
+                                softcap, window, kp_ptr, seed, bh0 + g, p_drop, False, CAUSAL, WINDOW, SOFTCAP,
+                                HAS_PAD, DROPOUT, PRECISION, BLOCK_M, BLOCK_D)
         for start_m in range(b, hi, BLOCK_M):
             dk, dv = _dkdv_step(dk, dv, k, v, qg, dog, lseg, deltag, sqm, sdom, cols, start_m, S, T, D, qk_scale,
-                                softcap, window, kp_ptr, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION,
-                                BLOCK_M, BLOCK_D)
+                                softcap, window, kp_ptr, seed, bh0 + g, p_drop, True, CAUSAL, WINDOW, SOFTCAP,
+                                HAS_PAD, DROPOUT, PRECISION, BLOCK_M, BLOCK_D)
     out = cols[:, None] * sdkn + offs_d[None, :]
     tl.store(dk_base + out, (dk * qk_scale).to(dk_base.dtype.element_ty), mask=kv_mask)
+    if DROPOUT:
+        dv = dv / (1.0 - p_drop)
     tl.store(dv_base + out, dv.to(dv_base.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, KP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, skpb,
-    H, GROUP, S, T, D, qk_scale, softcap, window,
-    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr,
+    H, GROUP, S, T, D, qk_scale, softcap, window, seed, p_drop,
+    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     bkv = tl.program_id(1)
@@ -165,13 +175,15 @@ def _attn_bwd_dkdv_kernel(
     _attn_dkdv_tile(Q + b * sqb + h0 * sqh, K + b * skb + kvh * skh, V + b * svb + kvh * svh,
                     DO + b * sdob + h0 * sdoh, DK + dkv, DV + dkv, LSE + lse0, DELTA + lse0, KP + b * skpb,
                     sqh, sqm, skn, svn, sdoh, sdom, D, S, tl.program_id(0) * BLOCK_N, GROUP, S, T, D,
-                    qk_scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+                    qk_scale, softcap, window, seed, b * H + h0, p_drop, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, DROPOUT,
+                    PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
 
 
 @triton.jit
 def _dq_step(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, start_n, S, T, D, qk_scale, softcap, window,
-             kp_ptr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-             HAS_PAD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+             kp_ptr, seed, bh, p_drop, MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+             SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """One key block's contribution to this program's query rows' dQ."""
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -181,7 +193,10 @@ def _dq_step(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, start_n, S, 
     s = _capped(_dot(q, kt, PRECISION) * qk_scale, softcap, SOFTCAP)
     p = _probabilities(s, lse[:, None], rows[:, None], cols[None, :], S, T, window, kp_ptr, MASKED, CAUSAL,
                        WINDOW, HAS_PAD)
-    ds = p * (_dot(do, vt, PRECISION) - delta[:, None])
+    dp = _dot(do, vt, PRECISION)
+    if DROPOUT:
+        dp = tl.where(_keep(seed, bh, rows[:, None], cols[None, :], p_drop), dp / (1.0 - p_drop), 0.0)
+    ds = p * (dp - delta[:, None])
     if SOFTCAP:
         t = s / softcap
         ds = ds * (1.0 - t * t)
@@ -190,9 +205,9 @@ def _dq_step(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, start_n, S, 
 
 @triton.jit
 def _attn_dq_tile(q_base, k_base, v_base, do_base, dq_base, lse_base, delta_base, kp_ptr, sqm, skn, svn, sdom,
-                  sdqm, start_m, S, T, D, qk_scale, softcap, window, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
-                  SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, PRECISION: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                  sdqm, start_m, S, T, D, qk_scale, softcap, window, seed, bh, p_drop, CAUSAL: tl.constexpr,
+                  WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr,
+                  PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """dQ of query rows [start_m, +BLOCK_M) of one (sequence, head)."""
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -203,13 +218,16 @@ def _attn_dq_tile(q_base, k_base, v_base, do_base, dq_base, lse_base, delta_base
     a, b = _unmasked_keys(lo, hi, start_m, S, T, window, CAUSAL, WINDOW, HAS_PAD, BLOCK_M, BLOCK_N)
     for start_n in range(lo, a, BLOCK_N):
         dq = _dq_step(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, start_n, S, T, D, qk_scale, softcap,
-                      window, kp_ptr, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
+                      window, kp_ptr, seed, bh, p_drop, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, DROPOUT, PRECISION,
+                      BLOCK_N, BLOCK_D)
     for start_n in range(a, b, BLOCK_N):
         dq = _dq_step(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, start_n, S, T, D, qk_scale, softcap,
-                      window, kp_ptr, False, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
+                      window, kp_ptr, seed, bh, p_drop, False, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, DROPOUT, PRECISION,
+                      BLOCK_N, BLOCK_D)
     for start_n in range(b, hi, BLOCK_N):
         dq = _dq_step(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, start_n, S, T, D, qk_scale, softcap,
-                      window, kp_ptr, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, PRECISION, BLOCK_N, BLOCK_D)
+                      window, kp_ptr, seed, bh, p_drop, True, CAUSAL, WINDOW, SOFTCAP, HAS_PAD, DROPOUT, PRECISION,
+                      BLOCK_N, BLOCK_D)
     tl.store(dq_base + rows[:, None] * sdqm + offs_d[None, :], (dq * qk_scale).to(dq_base.dtype.element_ty),
              mask=mask)
 
@@ -217,8 +235,8 @@ def _attn_dq_tile(q_base, k_base, v_base, do_base, dq_base, lse_base, delta_base
 @triton.jit
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, KP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, skpb,
-    H, GROUP, S, T, D, qk_scale, softcap, window,
-    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr,
+    H, GROUP, S, T, D, qk_scale, softcap, window, seed, p_drop,
+    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     bh = tl.program_id(1)
@@ -228,8 +246,8 @@ def _attn_bwd_dq_kernel(
     row0 = bh.to(tl.int64) * S
     _attn_dq_tile(Q + b * sqb + h * sqh, K + b * skb + kvh * skh, V + b * svb + kvh * svh, DO + b * sdob + h * sdoh,
                   DQ + row0 * D, LSE + row0, DELTA + row0, KP + b * skpb, sqm, skn, svn, sdom, D,
-                  _block_index(CAUSAL) * BLOCK_M, S, T, D, qk_scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_PAD,
-                  PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+                  _block_index(CAUSAL) * BLOCK_M, S, T, D, qk_scale, softcap, window, seed, bh, p_drop, CAUSAL, WINDOW,
+                  SOFTCAP, HAS_PAD, DROPOUT, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
 
 
 def _bwd_config(block_d: int, dtype: torch.dtype) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
@@ -242,8 +260,10 @@ def _bwd_config(block_d: int, dtype: torch.dtype) -> tuple[tuple[int, int, int, 
     return (32, 64, 4, 3), (128, 64, 8, 3)
 
 
-def flash_backward(grad, q, k, v, out, lse, key_padding, causal: bool, scale: float, window: int, softcap: float):
-    """(dq, dk, dv), contiguous, in q/k/v's dtypes; lse is the forward's fp32 [B, Hq, S]."""
+def flash_backward(grad, q, k, v, out, lse, key_padding, causal: bool, scale: float, window: int, softcap: float,
+                   dropout_p: float = 0.0, seed: int = 0):
+    """(dq, dk, dv), contiguous, in q/k/v's dtypes; lse is the forward's fp32 [B, Hq, S]; dropout_p and seed
+    as the forward's (its keep decisions are drawn again, never stored)."""
     grad, q, k, v, out = (last_dim_contiguous(t) for t in (grad, q, k, v, out))
     lse = lse.contiguous()
     b, hq, s, d = q.shape
@@ -258,9 +278,9 @@ def flash_backward(grad, q, k, v, out, lse, key_padding, causal: bool, scale: fl
     (m1, n1, warps1, stages1), (m2, n2, warps2, stages2) = _bwd_config(block_d, q.dtype)
     delta = torch.empty((b, hq, s), dtype=torch.float32, device=q.device)
     flags = dict(CAUSAL=causal, WINDOW=window > 0, SOFTCAP=softcap > 0, HAS_PAD=key_padding is not None,
-                 PRECISION=precision(q), BLOCK_D=block_d)
+                 DROPOUT=dropout_p > 0, PRECISION=precision(q), BLOCK_D=block_d)
     common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad.stride()[:3], skpb,
-              hq, hq // hkv, s, t_len, d, scale, softcap, window)
+              hq, hq // hkv, s, t_len, d, scale, softcap, window, seed, dropout_p)
     with launch_guard(_attn_bwd_dkdv_kernel, q):
         _attn_bwd_delta_kernel[(triton.cdiv(s, 64), b * hq)](
             out, grad, delta, *out.stride()[:3], *grad.stride()[:3], hq, s, d, BLOCK_M=64, BLOCK_D=block_d)

@@ -41,8 +41,8 @@ def _attn_varlen_fwd_kernel(
     if start_m < S:
         _attn_fwd_tile(Q + q0 * sqt + h * sqh, K + k0 * skt + kvh * skh, V + k0 * svt + kvh * svh,
                        O + q0 * sot + h * soh, LSE + h.to(tl.int64) * total_q + q0, Q, sqt, skt, svt, sot,
-                       start_m, S, T, D, qk_scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, False, PRECISION,
-                       BLOCK_M, BLOCK_N, BLOCK_D)
+                       start_m, S, T, D, qk_scale, softcap, window, 0, 0, 0.0, CAUSAL, WINDOW, SOFTCAP, False,
+                       False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
 
 
 @triton.jit
@@ -66,7 +66,7 @@ def _attn_varlen_dkdv_kernel(
         _attn_dkdv_tile(Q + q0 * sqt + h0 * sqh, K + k0 * skt + kvh * skh, V + k0 * svt + kvh * svh,
                         DO + q0 * sdot + h0 * sdoh, DK + dkv, DV + dkv, LSE + lse0, DELTA + lse0, Q,
                         sqh, sqt, skt, svt, sdoh, sdot, hkv * D, total_q, start_n, GROUP, S, T, D,
-                        qk_scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, False, PRECISION,
+                        qk_scale, softcap, window, 0, 0, 0.0, CAUSAL, WINDOW, SOFTCAP, False, False, PRECISION,
                         BLOCK_M, BLOCK_N, BLOCK_D)
 
 
@@ -89,7 +89,7 @@ def _attn_varlen_dq_kernel(
         _attn_dq_tile(Q + q0 * sqt + h * sqh, K + k0 * skt + kvh * skh, V + k0 * svt + kvh * svh,
                       DO + q0 * sdot + h * sdoh, DQ + (q0 * H + h) * D, LSE + lse0, DELTA + lse0, Q,
                       sqt, skt, svt, sdot, H * D, start_m, S, T, D, qk_scale, softcap, window,
-                      CAUSAL, WINDOW, SOFTCAP, False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+                      0, 0, 0.0, CAUSAL, WINDOW, SOFTCAP, False, False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
 
 
 def _strides(*tensors: torch.Tensor) -> list[int]:

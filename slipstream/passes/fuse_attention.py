@@ -109,7 +109,9 @@ class FuseAttention(Pass):
         def replace(graph: Graph, m: Match):
             k, v = strip_repeat_kv(m["k"]), strip_repeat_kv(m["v"])
             kwargs = dict(causal=bool(m.get("causal", False)), scale=m.get("scale"),
-                          dropout_p=m.get("dropout_p", 0.0), training=bool(m.get("training", False)),
+                          dropout_p=m.get("dropout_p", 0.0),
+                          # sdpa drops whenever dropout_p > 0 (HF passes 0.0 outside training)
+                          training=bool(m.get("training", form == "sdpa")),
                           softcap=m.get("softcap", 0.0), form=form, impl=impl, site=_site(m),
                           unit=m.root.meta.get("slipstream_unit", ""))
             return graph.call_function(attention_dispatch.attention, (m["q"], k, v, m["k"], m["v"], m.get("mask")),

@@ -13,7 +13,7 @@ def test_explain_lists_sites_rules_and_units():
     text = slipstream.explain(opt)
     lines = text.splitlines()
     assert lines[0] == f"slipstream {slipstream.__version__} · pipeline: {slipstream.passes.PRESETS['default']}"
-    assert lines[1] == "captured 3 graph(s) serving 4 of 4 unit(s): model.layers.[0-1], model.embed_tokens, model.norm"
+    assert lines[1] == "captured 2 graph(s) serving 3 of 3 unit(s): model.layers.[0-1], model.norm"
     assert "fuse-rms-norm: fused 5 (cast-of-offset-weighted x5) · refused 0" in text
     assert "  + model.layers.1.post_attention_layernorm: cast-of-offset-weighted" in lines
     assert "fuse-swiglu: fused 2 (gelu-times-up x2)" in text
@@ -54,7 +54,7 @@ def test_one_graph_serves_every_layer_of_a_stack():
     shallow = slipstream.report(slipstream.optimize(models.build("llama", num_hidden_layers=2)))
     deep_model = slipstream.optimize(models.build("llama", num_hidden_layers=6))
     deep = slipstream.report(deep_model)
-    assert deep.graphs == shallow.graphs == 3  # the layers, the embedding, the final norm
+    assert deep.graphs == shallow.graphs == 2  # the layers, the final norm (nn.Embedding is no unit)
     assert deep.fused("fuse-rms-norm") == 13 and deep.fused("fuse-rope") == 12
     ids = models.token_batch()
     graphs = deep.graphs

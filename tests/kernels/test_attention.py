@@ -172,13 +172,14 @@ def test_non_contiguous_inputs(impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_out_only_op_autograd(impl):
-    """slipstream::attention called directly with grads recomputes lse in backward; same grads as the wrapper."""
+    """slipstream::attention called directly with grads recomputes lse (and redraws the dropout decisions from the
+    seed) in backward; same grads as the wrapper."""
     q, k, v = (leaf(x) for x in _inputs(1, 4, 2, 9, 9, 64, torch.float32))
     kp = _key_padding(1, 9, "left")
     with impl_context(impl):
-        out = torch.ops.slipstream.attention(q, k, v, kp, True, 0.125, -1, 1.5)
+        out = torch.ops.slipstream.attention(q, k, v, kp, True, 0.125, -1, 1.5, 0.2, 9)
         got = grads(out, [q, k, v], torch.ones_like(out))
-        out2 = attention(q, k, v, kp, True, 0.125, softcap=1.5)
+        out2 = attention(q, k, v, kp, True, 0.125, softcap=1.5, dropout_p=0.2, seed=9)
         expected = grads(out2, [q, k, v], torch.ones_like(out2))
     assert_close(out, out2, torch.float32)
     for a, e in zip(got, expected):
@@ -195,7 +196,7 @@ def _opcheck_args(pad: bool):
 @pytest.mark.parametrize("pad", [False, True])
 def test_opcheck(impl, pad):
     q, k, v, kp = _opcheck_args(pad)
-    options = (True, 0.25, 4, 2.0) if pad else (False, 0.25, -1, 0.0)
+    options = (True, 0.25, 4, 2.0, 0.25, 7) if pad else (False, 0.25, -1, 0.0, 0.0, 0)  # dropout is seeded: pure
     with impl_context(impl):
         torch.library.opcheck(torch.ops.slipstream.attention.default, (q, k, v, kp, *options))
         torch.library.opcheck(torch.ops.slipstream.attention_forward.default, (q, k, v, kp, *options))

@@ -63,7 +63,7 @@ def test_varlen_matches_dense_op(impl):
     packed = [x.transpose(1, 2).reshape(22, x.shape[1], 64) for x in (q, k, v)]
     with impl_context(impl):
         out, lse = attention_varlen_forward_op(*packed, cu, cu, 11, 11, True, 0.125, 5, 0.0)
-        dense_out, dense_lse = attention_forward_op(q, k, v, None, True, 0.125, 5, 0.0)
+        dense_out, dense_lse = attention_forward_op(q, k, v, None, True, 0.125, 5, 0.0, 0.0, 0)
     assert_close(out, dense_out.transpose(1, 2).reshape(22, 4, 64), torch.float32)
     assert_close(lse, dense_lse.transpose(0, 1).reshape(4, 22), torch.float32)
 

@@ -109,6 +109,51 @@ def test_mask_classification_is_exact():
     assert "values other than 0 and -inf" in classify_mask(scaled, False, s, t).reason
 
 
+def _packed_mask(segments: list[list[int]]) -> torch.Tensor:
+    """Bool [B, 1, S, S] block-diagonal causal mask of per-row sequence lengths."""
+    rows = []
+    for lengths in segments:
+        seg = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+        rows.append((seg[:, None] == seg[None, :]) & _causal(len(seg), len(seg)))
+    return torch.stack(rows)[:, None]
+
+
+def test_packed_sequences_are_classified_with_their_bounds():
+    info = classify_mask(_packed_mask([[3, 1, 4], [8]]), False, 8, 8)
+    assert info.kind == "packed" and info.cu_seqlens.tolist() == [0, 3, 4, 8, 16] and info.max_seqlen == 8
+    bidirectional_blocks = _packed_mask([[3, 5]]) | _packed_mask([[3, 5]]).transpose(-1, -2)
+    assert classify_mask(bidirectional_blocks, False, 8, 8).kind == "arbitrary"
+    holed = _packed_mask([[3, 5]])
+    holed[0, 0, 6, 4] = False  # a key missing inside the second sequence
+    assert classify_mask(holed, False, 8, 8).kind == "arbitrary"
+
+
+@pytest.mark.parametrize("impl", ["auto", "triton"])
+def test_packed_sequences_run_the_varlen_kernel(impl):
+    """position_ids that restart make Hugging Face build a block-diagonal causal mask: impl=triton runs the varlen
+    kernel (interpreter) and matches the model, forward and backward; impl=auto on CPU runs the original."""
+    from slipstream.kernels import force_triton_on_cpu
+
+    model = models.build("qwen3")
+    reference = copy.deepcopy(model)
+    opt = slipstream.optimize(model, pipeline=f"fuse-attention{{impl={impl}}}")
+    ids = models.token_batch(batch=2, seq=12)
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4]])
+    with force_triton_on_cpu():
+        out = opt(input_ids=ids, position_ids=positions, labels=ids, use_cache=False)  # packing: no KV cache
+        out.loss.backward()
+    want = reference(input_ids=ids, position_ids=positions, labels=ids, use_cache=False)
+    want.loss.backward()
+    tol = tolerance(torch.float32).max_rel
+    assert max_rel_error(out.logits, want.logits) <= tol
+    for (name, p), q in zip(opt.named_parameters(), reference.parameters()):
+        assert max_rel_error(p.grad, q.grad) <= tol, name
+    ran = {(impl, reason) for _, impl, reason in slipstream.report(opt).decisions()}
+    expected = ("varlen", "packed mask") if impl == "triton" else \
+        ("reference", "CPU: the original computation is the reference (impl=triton runs the fused op)")
+    assert expected in ran, ran
+
+
 def test_mask_classification_is_cached_per_live_mask_object():
     mask = _causal(4, 4)[None, None].expand(1, 1, 4, 4).clone()
     first = classify_mask(mask, False, 4, 4)
@@ -163,3 +208,33 @@ def test_fused_decode_in_generate():
     for a, b in zip(got.logits, want.logits):
         assert max_rel_error(a, b) <= tolerance(torch.float32).max_rel
     assert {impl for _, impl, _ in slipstream.report(opt).decisions()} == {"flash", "decode"}  # prefill, decode
+
+
+def test_attention_dropout_runs_in_the_fused_kernels():
+    """Training with attention dropout takes the flash kernel (Philox dropout, interpreter): the decision says so,
+    dropout is live (train != eval), a seed reproduces the step exactly, and eval matches the original model."""
+    from slipstream.kernels import force_triton_on_cpu
+
+    model = models.build("llama", attention_dropout=0.2)
+    reference = copy.deepcopy(model)
+    opt = slipstream.optimize(model, pipeline="fuse-attention{impl=triton}")
+    ids = models.token_batch(seq=9)
+
+    def step():
+        torch.manual_seed(3)
+        opt.zero_grad()
+        out = opt(input_ids=ids, labels=ids)
+        out.loss.backward()
+        return out.logits.detach(), [p.grad.clone() for p in opt.parameters()]
+
+    opt.train()
+    with force_triton_on_cpu():
+        (a, grads_a), (b, grads_b) = step(), step()
+        opt.eval()
+        evaluated = opt(input_ids=ids).logits
+    assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(grads_a, grads_b))
+    assert all(g.isfinite().all() for g in grads_a)
+    assert not torch.allclose(a, evaluated, atol=1e-3)
+    assert max_rel_error(evaluated, reference.eval()(input_ids=ids).logits) <= tolerance(torch.float32).max_rel
+    reasons = {reason for _, impl, reason in slipstream.report(opt).decisions() if impl == "flash"}
+    assert any("dropout 0.2" in r for r in reasons), reasons

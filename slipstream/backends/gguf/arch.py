@@ -13,14 +13,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from slipstream.backends.errors import ExportError
+
 # HF model_type -> GGUF architecture name
 ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
          "gemma2": "gemma2", "gemma3": "gemma3", "gemma3_text": "gemma3", "phi3": "phi3"}
 _GEMMA = ("gemma", "gemma2", "gemma3")
-
-
-class ExportError(ValueError):
-    """A model or option the GGUF exporter cannot represent faithfully (nothing is written)."""
 
 
 @dataclass(frozen=True)
