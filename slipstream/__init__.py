@@ -15,29 +15,57 @@ BACKENDS = ("module",)
 
 
 def optimize(model: nn.Module, pipeline: str = "default", backend: str = "module", *,
-             example_inputs: dict[str, Any] | None = None, warmup: bool = True) -> nn.Module:
+             example_inputs: dict[str, Any] | None = None, warmup: bool = True, verify: bool = False,
+             dump_dir: str | None = None, config: Any = None) -> nn.Module:
     """Rewrite `model` in place with the pass `pipeline` (canonical text or a preset name) and return it.
 
     backend="module": the same model object, trainable and generate()-ready, its units captured as graphs and
     rewritten to call slipstream's fused ops. `warmup` runs one forward on `example_inputs` (default: a small
     batch of token ids for models with `config.vocab_size`) so the report is complete when this returns.
+    `verify=True` checks every rewrite numerically on its graph's first inputs (slipstream.diff shows the result);
+    `dump_dir` writes graphs, region pictures, pipeline.txt and repro.py there (docs/debugging.md).
+    `config`: a TOML file (path) or slipstream.config.Config; it supplies pipeline, backend and debug settings.
     """
     from .backends import module as module_backend
+    from .config import Config, load_config
+    from .debug.options import DebugOptions
     from .passes import Pipeline
 
+    if config is not None:
+        cfg = config if isinstance(config, Config) else load_config(config)
+        pipeline, backend, warmup, debug = str(cfg.pipeline), cfg.backend.name, cfg.backend.warmup, cfg.debug
+        debug = DebugOptions(debug.print_after, debug.verify or verify, debug.bisect, dump_dir or debug.dump_dir)
+    else:
+        debug = DebugOptions(verify=verify, dump_dir=str(dump_dir or ""))
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"slipstream.optimize expects a torch.nn.Module, got {type(model).__name__}")
     parsed = Pipeline.parse(pipeline)
-    module_backend.attach(model, parsed, __version__)
+    report = module_backend.attach(model, parsed, __version__, debug)
     if warmup:
         try:
             module_backend.warm_up(model, example_inputs)
         except Exception:
             module_backend.detach(model)
             raise
+    if debug.verify and any(not c.ok for c in report.checks):
+        import warnings
+        first = next(c for c in report.checks if not c.ok)
+        warnings.warn(f"slipstream verify: first region out of tolerance: {first.line()}", stacklevel=2)
+    if debug.dump_dir and warmup:
+        from .debug.dump import write_dump
+        write_dump(model, debug.dump_dir)
     return model
+
+
+def diff(model: nn.Module, print_after: str | None = None, times: bool = True) -> str:
+    """The graph diff of an optimized model: per graph and pass, removed (-) and added (+) nodes with shapes,
+    dtypes, rule and replaced nodes; matches and refusals; time (`times=False` for golden files);
+    the numeric check's results when optimized with verify=True. print_after: change | all | none."""
+    from .debug.diff import render_diff
+    rep = report(model)
+    return render_diff(rep, print_after or rep.debug.print_after, times)
 
 
 def report(model: nn.Module):
@@ -72,4 +100,4 @@ def restore(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["optimize", "explain", "report", "restore", "merge_lora", "export", "__version__"]
+__all__ = ["optimize", "explain", "diff", "report", "restore", "merge_lora", "export", "__version__"]

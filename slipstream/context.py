@@ -8,3 +8,9 @@ CURRENT_UNIT: contextvars.ContextVar[str] = contextvars.ContextVar("slipstream_u
 
 # Where the attention dispatcher records (unit, site, implementation, reason): the running model's report.
 DECISIONS: contextvars.ContextVar[set | None] = contextvars.ContextVar("slipstream_decisions", default=None)
+
+# Bisection (debug/bisect.py): how many more matches a pass may apply; None = no limit. Pass.find consults it.
+REWRITE_BUDGET: contextvars.ContextVar = contextvars.ContextVar("slipstream_rewrite_budget", default=None)
+
+# Bisection: the probe (debug/bisect.py) choosing which rewritten variant of each graph runs; None = the real one.
+BISECT_PROBE: contextvars.ContextVar = contextvars.ContextVar("slipstream_bisect_probe", default=None)

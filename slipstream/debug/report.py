@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..passes.base import PassStats
 
@@ -54,6 +55,7 @@ class Report:
     version: str
     units: list[str]
     pass_names: list[str] = field(default_factory=list)
+    graph_pass_names: list[str] = field(default_factory=list)
     summaries: dict = field(default_factory=dict)
     graph_records: list[GraphRecord] = field(default_factory=list)
     runs: set = field(default_factory=set)           # (unit, graph id) pairs seen at run time
@@ -61,6 +63,9 @@ class Report:
     decision_log: set = field(default_factory=set)   # (unit, site, implementation, reason) from attention dispatch
     notes: dict = field(default_factory=dict)        # pass -> extra lines for explain() (module passes)
     module_records: list = field(default_factory=list)  # GraphRecords of module passes (whole model, ran once)
+    traces: list = field(default_factory=list)        # debug/trace.GraphTrace per graph id: the graph diff
+    checks: list = field(default_factory=list)        # debug/verify.RegionCheck per rewrite (verify=True)
+    debug: Any = None                                 # debug/options.DebugOptions the model was optimized with
 
     def record_module_pass(self, stats: PassStats, notes: list[str]) -> None:
         self.seconds[stats.name] += stats.seconds
@@ -73,8 +78,10 @@ class Report:
     def graphs(self) -> int:
         return len(self.graph_records)
 
-    def record(self, unit: str, stats: list[PassStats]) -> int:
-        """Store a newly captured graph's pass results; returns its graph id."""
+    def record(self, unit: str, stats: list[PassStats], trace=None) -> int:
+        """Store a newly captured graph's pass results (and its trace, for the graph diff); returns its graph id."""
+        if trace is not None:
+            self.traces.append(trace)
         matches, rejections = {}, {}
         for s in stats:
             self.seconds[s.name] += s.seconds

@@ -13,6 +13,7 @@ from typing import Any, Callable, ClassVar
 
 from torch.fx import Graph, Node
 
+from ..context import REWRITE_BUDGET
 from .ops import module_path, view
 from .pattern import Match, Pattern, is_metadata_assert, match, outside_users
 
@@ -32,15 +33,27 @@ class Rejection:
 
 
 @dataclass
+class Rewrite:
+    """One applied match, for the graph diff and the numeric check: the matched nodes (some now erased), the
+    node whose value the match computed (`root`) and the node that now computes it (`replacement`)."""
+    rule: str
+    path: str
+    root: Node
+    replacement: Node
+    matched: list[Node]
+
+
+@dataclass
 class PassStats:
     name: str
     matches: list[tuple[str, str]] = field(default_factory=list)      # (rule, module path)
     rejections: list[Rejection] = field(default_factory=list)
     seconds: float = 0.0
+    rewrites: list[Rewrite] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return bool(self.matches)
+        return bool(self.matches or self.rewrites)
 
 
 @dataclass(frozen=True)
@@ -108,7 +121,8 @@ class Pass:
                 break
         self.report_unmatched(graph, taken | refused_anchors, stats)
         found.reverse()
-        return found
+        budget = REWRITE_BUDGET.get()
+        return budget.take(self.name, found) if budget is not None else found
 
     def refusal(self, rule: Rule, m: Match) -> str | None:
         path = module_path(m.root)
@@ -158,6 +172,7 @@ def commit(graph: Graph, m: Match, new: Node, rule: str, stats: PassStats) -> No
     replace_root(m, new)
     erase_matched(graph, m.nodes)
     stats.matches.append((rule, module_path(m.root)))
+    stats.rewrites.append(Rewrite(rule, module_path(m.root), m.root, new, list(m.nodes)))
 
 
 def replace_root(m: Match, new: Node) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from torch import nn
 from torch.fx import GraphModule
@@ -26,8 +27,18 @@ class PassManager:
             results.append((stats, notes))
         return results
 
-    def run(self, gm: GraphModule) -> list[PassStats]:
-        stats = [p.run(gm.graph) for p in self.graph_passes]
+    def run(self, gm: GraphModule, observer: Any = None, passes: list | None = None) -> list[PassStats]:
+        """Run the graph passes (or the first few, `passes`) over `gm`. An `observer` (debug/trace.py) sees the
+        graph before and after each pass: that is where the graph diff and the dump come from."""
+        stats = []
+        for p in self.graph_passes if passes is None else passes:
+            if observer is not None:
+                observer.before_pass(p, gm.graph)
+            start = time.perf_counter()
+            stats.append(p.run(gm.graph))
+            stats[-1].seconds = time.perf_counter() - start  # also for passes that override run()
+            if observer is not None:
+                observer.after_pass(p, gm.graph, stats[-1])
         if any(s.changed for s in stats):
             gm.graph.lint()
             gm.recompile()
