@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
+
+from process_stats import run  # benchmarks/ is the script's directory: on sys.path
 
 QWEN05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0,
@@ -35,17 +35,6 @@ def make_checkpoint(path: Path) -> None:
     for f in shipped.iterdir():
         target = path / f.name.removesuffix(".gz")
         target.write_bytes(gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes())
-
-
-def run(cmd: list[str], cwd: Path | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS GiB) of one whole process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 2**20
 
 
 def llama_cpp_converter(work: Path) -> Path:

@@ -17,11 +17,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gguf_export import make_checkpoint  # noqa: E402  (the same Qwen2.5-0.5B-shaped checkpoint)
+from process_stats import run  # noqa: E402
 
 PRESETS = {"w8a8": "W8A8", "w4a16": "W4A16"}
 
@@ -62,17 +62,6 @@ def theirs(ckpt: str, out: str, scheme: str) -> None:
     compressor.compress_model(model)
     model.save_pretrained(out, max_shard_size="5GB")
     compressor.update_config(out)
-
-
-def run(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS GiB) of one whole process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 2**20
 
 
 def _size(path: Path) -> float:

@@ -265,7 +265,7 @@ def test_from_bnb_refuses_other_layouts():
 
 def test_against_installed_bitsandbytes():
     """Runs only where bitsandbytes is importable (it is not a dependency)."""
-    functional = pytest.importorskip("bitsandbytes.functional")
+    import bitsandbytes.functional as functional
     assert torch.equal(qf.dynamic_map(), functional.create_dynamic_map(signed=True))
     for n, k in [(200, 97), (33, 1000)]:
         w = randn(n, k) * (0.5 + torch.rand(n, 1))

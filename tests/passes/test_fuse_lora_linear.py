@@ -13,7 +13,7 @@ import slipstream
 from helpers import assert_agrees, optimize_with
 from slipstream.debug.tolerance import max_rel_error, tolerance
 
-peft = pytest.importorskip("peft")
+import peft
 
 PASS = "fuse-lora-linear"
 LINEARS_PER_LAYER = 7  # q k v o gate up down
@@ -128,7 +128,7 @@ def test_refuses_an_adapter_reading_another_tensor():
 def test_bitsandbytes_4bit_and_8bit_bases_are_read_and_fused():
     """A peft model on bitsandbytes layers: quantize-weights reads the bnb bytes as they are (no re-quantization),
     fuse-lora-linear folds peft's bnb wrappers (clone, output cast) into lora_linear, and the outputs equal bnb's."""
-    bnb = pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb
     model = models.build("llama")
     torch.manual_seed(4)
     for layer in model.model.layers:  # bnb layers built from the dense weights, as from_pretrained would

@@ -17,8 +17,8 @@ import slipstream
 from slipstream.backends.gguf.arch import ExportError
 from slipstream.demo import load_tokenizer
 
-llama_cpp = pytest.importorskip("llama_cpp")
-gguf = pytest.importorskip("gguf")
+import llama_cpp
+import gguf
 
 VOCAB = 128256  # the Llama 3 tokenizer the files carry
 PROMPT = 30
@@ -158,7 +158,7 @@ def test_q4_k_m_file_equals_llama_cpps_own_and_tracks_its_dequantized_weights(to
 
 
 def test_lora_is_merged(tokenizer, tmp_path):
-    peft = pytest.importorskip("peft")
+    import peft
     base = build("llama")
     model = peft.get_peft_model(build("llama"), peft.LoraConfig(r=4, target_modules="all-linear"))
     for n, p in model.named_parameters():

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-gguf = pytest.importorskip("gguf")
+import gguf
 
 from slipstream.backends.gguf import QUANTS  # noqa: E402
 from slipstream.backends.gguf import quants as Q  # noqa: E402
@@ -248,7 +248,7 @@ def _write_tiny_llama(path, tensors, n_layers, embd, ffn):
 def llama_oracle(tmp_path_factory):
     """run(variant, ftype name, pure) -> (f32 tensors, {name: (type, raw)}) from llama.cpp's llama_model_quantize
     (llama-quantize without an imatrix)."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the llama.cpp oracle) not installed")
+    import llama_cpp
     tmp = tmp_path_factory.mktemp("gguf_oracle")
     sources, cache = {}, {}
 

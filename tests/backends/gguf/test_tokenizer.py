@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import struct
 from pathlib import Path
 
 import pytest
 
-gguf = pytest.importorskip("gguf")
+import gguf
+from tokenizer_files import unpack
 
-from slipstream.backends.gguf.tokenizer import (  # noqa: E402
+from slipstream.backends.gguf.tokenizer import (
     MetaField, add_to_writer, as_dict, read_sentencepiece_model, tokenizer_metadata)
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -43,14 +43,7 @@ def load_tokenizer(name: str, tmp_dir: Path, ignore_merges: bool | None = None):
     from transformers import AutoTokenizer
 
     src = TOKENIZER_DIRS[name]
-    dst = tmp_dir / f"{name}-{ignore_merges}"
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if f.name.endswith(".gz"):
-            with gzip.open(f, "rb") as fin, open(dst / f.name[:-3], "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-        else:
-            shutil.copy(f, dst / f.name)
+    dst = unpack(src, tmp_dir / f"{name}-{ignore_merges}")
     if ignore_merges is not None:
         tj = json.loads((dst / "tokenizer.json").read_text(encoding="utf-8"))
         tj["model"]["ignore_merges"] = ignore_merges
@@ -146,7 +139,7 @@ def open_vocab():
     opened = []
 
     def _open(path: Path):
-        llama_cpp = pytest.importorskip("llama_cpp")
+        import llama_cpp
         opened.append(llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False))
         return opened[-1]
 
@@ -195,7 +188,7 @@ def test_metadata_equals_llama_cpp_oracle(name, metadata):
 
 @pytest.mark.parametrize("name", ["llama3", "qwen2"])
 def test_llama_cpp_tokenizes_like_the_oracle(name, metadata, tokenizers_, tmp_path, open_vocab):
-    pytest.importorskip("llama_cpp")
+    import llama_cpp  # noqa: F401  (the llama.cpp oracle must be installed)
     path = write_vocab_gguf(tmp_path / f"{name}.gguf", ARCH[name], metadata[name])
     llm = open_vocab(path)
     cases = vocab_tests(ORACLE[name])
@@ -240,7 +233,7 @@ def test_llama3_without_ignore_merges(tmp_path, open_vocab):
     """The Llama 3 regex without ignore_merges is llama.cpp's "smaug-bpe" (same regex, merges always applied):
     llama.cpp then tokenizes every test string as transformers does with this tokenizer, including the one where
     that differs from Meta's tokenizer (and the .out file)."""
-    pytest.importorskip("llama_cpp")
+    import llama_cpp  # noqa: F401  (the llama.cpp oracle must be installed)
     tok = load_tokenizer("llama3", tmp_path, ignore_merges=False)
     assert json.loads(tok.backend_tokenizer.to_str())["model"]["ignore_merges"] is False
     fields = tokenizer_metadata(tok)
@@ -304,7 +297,7 @@ def test_every_known_pre_name_is_tested():
 
 @pytest.mark.parametrize("pre", ["llama-bpe", "smaug-bpe", "qwen2", "gpt-2"])
 def test_pre_name_tokenizes_like_transformers(pre, tmp_path, open_vocab):
-    pytest.importorskip("llama_cpp")
+    import llama_cpp  # noqa: F401  (the llama.cpp oracle must be installed)
     tj = _tiny_byte_level_json()
     tj["pre_tokenizer"], tj["model"]["ignore_merges"] = _pre_tokenizers()[pre]
     tok = _fast_tokenizer(tj)
@@ -448,7 +441,7 @@ def test_sentencepiece_models_llama_cpp_would_tokenize_differently_are_errors(ki
 
 
 def test_sentencepiece_model_in_llama_cpp(tmp_path, open_vocab):
-    spm = pytest.importorskip("sentencepiece", reason="sentencepiece is not installed: cannot train a model")
+    import sentencepiece as spm
     import io
 
     from transformers import LlamaTokenizer
@@ -474,7 +467,7 @@ def test_sentencepiece_model_in_llama_cpp(tmp_path, open_vocab):
     assert (fields["tokenizer.ggml.bos_token_id"].value, fields["tokenizer.ggml.eos_token_id"].value) == (1, 2)
     assert fields["tokenizer.ggml.add_bos_token"].value is True
 
-    pytest.importorskip("llama_cpp")
+    import llama_cpp  # noqa: F401  (the llama.cpp oracle must be installed)
     llm = open_vocab(write_vocab_gguf(tmp_path / "spm.gguf", "llama", list(fields.values())))
     bad = [(t, sp.encode(t), cpp_tokenize(llm, t)) for t in texts if t and sp.encode(t) != cpp_tokenize(llm, t)]
     assert not bad, f"{len(bad)} of {len(texts)} differ, e.g. {bad[:2]}"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-gguf = pytest.importorskip("gguf")
+import gguf
 
 from slipstream.backends.gguf.quants import quantize  # noqa: E402
 from slipstream.backends.gguf.tokenizer import tokenizer_metadata  # noqa: E402

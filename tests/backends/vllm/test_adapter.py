@@ -11,7 +11,7 @@ import slipstream
 from slipstream.backends.errors import ExportError
 from vllm_helpers import assert_parity, build, model_logits, reloaded_logits
 
-peft = pytest.importorskip("peft")
+import peft
 pytestmark = pytest.mark.filterwarnings("ignore:vLLM export without a tokenizer")
 
 

@@ -11,7 +11,7 @@ from slipstream.backends.vllm import SCHEMES
 from slipstream.backends.vllm.compressed import check_shape, compress, planned, quantize_weight, reuse_refusal
 from slipstream.kernels.quant_formats import QuantSpec, quantize
 
-ct = pytest.importorskip("compressed_tensors")
+import compressed_tensors as ct
 from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor  # noqa: E402
 from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32  # noqa: E402
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme, preset_name_to_scheme  # noqa: E402

@@ -16,7 +16,7 @@ from slipstream.backends.vllm import SCHEMES
 from slipstream.backends.vllm.layout import read_card
 from vllm_helpers import assert_parity, build, dequantized_reference, model_logits, reloaded_logits
 
-pytest.importorskip("compressed_tensors")
+import compressed_tensors  # noqa: F401  (the test-time reader must be installed)
 pytestmark = pytest.mark.filterwarnings("ignore:vLLM export without a tokenizer")
 
 
@@ -107,7 +107,7 @@ def test_incompatible_packed_weights_are_quantized_again_with_a_note(tmp_path):
 
 
 def test_merged_lora(tmp_path):
-    peft = pytest.importorskip("peft")
+    import peft
     model = peft.get_peft_model(build("qwen3"), peft.LoraConfig(r=4, target_modules="all-linear"))
     for n, p in model.named_parameters():
         if "lora_B" in n:

@@ -20,10 +20,8 @@ from __future__ import annotations
 import copy
 import fcntl
 import functools
-import gzip
 import json
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ import torch
 import models
 import slipstream
 from vllm_reference import checkpoint_weights, logprobs_of
+from tokenizer_files import unpack
 from vllm_venv import vllm_python
 
 pytestmark = pytest.mark.slow
@@ -77,14 +76,7 @@ def tokenizer(name: str, tmp: Path):
         return AutoTokenizer.from_pretrained(tokenizer_path())
     dst = tmp / "qwen-tokenizer"
     if not dst.exists():
-        src = ROOT / "tests" / "data" / "tokenizers" / "qwen2"
-        dst.mkdir()
-        for f in src.iterdir():
-            if f.name.endswith(".gz"):
-                with gzip.open(f, "rb") as fin, open(dst / f.name[:-3], "wb") as fout:
-                    shutil.copyfileobj(fin, fout)
-            else:
-                shutil.copy(f, dst / f.name)
+        unpack(ROOT / "tests" / "data" / "tokenizers" / "qwen2", dst)
     return AutoTokenizer.from_pretrained(dst)
 
 
