@@ -1,7 +1,8 @@
 """merge_lora: the dense state dict of a (peft, possibly quantized) model, LoRA folded in, for export.
 
 For every peft LoRA linear: W = base weight (dequantized if it is a QuantLinear) + sum over active adapters of
-scaling * B @ A; a QuantLinear without adapters is dequantized. Keys are the plain model's (peft's
+scaling * B @ A, and bias = base bias + sum of scaling * B's bias for adapters trained with lora_bias=True (an
+error if the base has no bias to hold it); a QuantLinear without adapters is dequantized. Keys are the plain model's (peft's
 `base_model.model.` prefix and `.base_layer` infix removed), so the result loads into the model class the peft
 model was built from (`load_state_dict(strict=True)`).
 
@@ -47,6 +48,17 @@ def _lora_delta(layer: nn.Module) -> Tensor | None:
     return delta
 
 
+def _lora_bias(layer: nn.Module) -> Tensor | None:
+    """sum_i scaling_i * bias of B_i over the active adapters trained with peft's lora_bias=True (fp32); None if
+    none has one."""
+    delta = None
+    for name in getattr(layer, "active_adapters", ()):
+        if name in layer.lora_B and layer.lora_B[name].bias is not None:
+            d = layer.scaling[name] * layer.lora_B[name].bias.float()
+            delta = d if delta is None else delta + d
+    return delta
+
+
 def quantized_linears(model: nn.Module, adapters: bool = True) -> dict[str, QuantLinear]:
     """Plain weight name -> QuantLinear whose packed weight is exported as it is: every QuantLinear without LoRA, and
     with `adapters=False` (LoRA written apart) the quantized bases of LoRA layers too."""
@@ -83,8 +95,13 @@ def merge_lora(model: nn.Module, dtype: torch.dtype | None = None, *, adapters: 
                 weight = _base_weight(base, torch.float32)
                 delta = _lora_delta(module) if adapters else None
                 out[name] = (weight if delta is None else weight + delta).to(target)
+            bias_delta = _lora_bias(module) if adapters else None
+            if bias_delta is not None and base.bias is None:
+                raise ValueError(f"merge_lora: {path} has a LoRA bias (peft lora_bias=True) but its base layer has "
+                                 "no bias, so the merged model cannot hold it; train the adapter without lora_bias")
             if base.bias is not None:
-                out[_plain_name(f"{path}.bias")] = base.bias.detach().to(dtype or base.bias.dtype)
+                bias = base.bias.detach().float() + (0 if bias_delta is None else bias_delta)
+                out[_plain_name(f"{path}.bias")] = bias.to(dtype or base.bias.dtype)
             handled.update(n for n, _ in module.named_parameters(prefix=path))
             handled.update(n for n, _ in module.named_buffers(prefix=path))
         elif isinstance(module, QuantLinear) and not any(path.startswith(p + ".") for p in lora_layers):
