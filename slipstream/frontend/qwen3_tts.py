@@ -90,6 +90,29 @@ def build(cfg, dtype: torch.dtype = torch.float32, seed: int | None = 0, device:
     return model.to(dtype).eval()
 
 
+def codec_config(attn_implementation: str = "sdpa", **overrides):
+    """A tiny 12 Hz codec decoder config (Qwen3TTSTokenizerV2DecoderConfig: 2 transformer layers with a sliding
+    window of 8, 4 quantizers of 32 codes, 8x upsampling); `overrides` set any field, e.g. the released ones."""
+    fields = dict(codebook_size=32, hidden_size=64, latent_dim=64, codebook_dim=32, num_attention_heads=4,
+                  num_key_value_heads=4, sliding_window=8, intermediate_size=128, num_hidden_layers=2,
+                  num_quantizers=4, upsample_rates=(2, 2), upsampling_ratios=(2,), decoder_dim=32,
+                  max_position_embeddings=128)
+    cfg = qwen_tts_import.codec_configuration().Qwen3TTSTokenizerV2DecoderConfig(**{**fields, **overrides})
+    cfg._attn_implementation = attn_implementation
+    return cfg
+
+
+def build_codec(cfg, dtype: torch.dtype = torch.float32, seed: int | None = 0, device: str | torch.device = "cpu"):
+    """The 12 Hz codec decoder (codes [B, quantizers, frames] -> waveform) with random weights, in eval mode; load
+    real weights with load_state_dict."""
+    cls = qwen_tts_import.codec_modeling().Qwen3TTSTokenizerV2Decoder
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.device(device):
+        model = cls(cfg)
+    return model.to(dtype).eval()
+
+
 def config_from_dict(data: dict, attn_implementation: str = "sdpa"):
     """Qwen3TTSConfig from a config.json dict. Its speaker-encoder sub-config takes no unknown keys (a plain
     save_pretrained adds some), so only the ones its constructor names are passed on."""

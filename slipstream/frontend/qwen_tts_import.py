@@ -46,8 +46,9 @@ class _TokenizerPlaceholder:
 
     @classmethod
     def from_pretrained(cls, *_args, **_kwargs):
-        raise RuntimeError("Qwen3TTSTokenizer needs the audio stack; load the 12 Hz codec with "
-                           "slipstream.frontend.qwen3_tts.load_codec(path) instead, or install qwen-tts fully")
+        raise RuntimeError("Qwen3TTSTokenizer needs the audio stack; build the 12 Hz codec decoder with "
+                           "slipstream.frontend.qwen3_tts.build_codec(config) and load its weights with "
+                           "load_state_dict instead, or install qwen-tts with its dependencies")
 
 
 @contextlib.contextmanager

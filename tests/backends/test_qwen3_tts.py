@@ -154,3 +154,21 @@ def test_lora_finetune_steps_match_unoptimized():
     # 7 LoRA linears per layer, 2 layers, in each of the two decoders
     assert report.fused("fuse-lora-linear") == 2 * 2 * 7, slipstream.explain(opt)
     assert report.fused("fuse-rms-norm") == EXPECTED["fuse-rms-norm"], slipstream.explain(opt)
+
+
+def test_codec_decoder_transformer_fused_and_exact():
+    """The 12 Hz codec decoder (codes -> waveform): its transformer's norms, SwiGLUs, RoPEs and sliding-window
+    attentions are fused by the same passes, and the waveform stays exact."""
+    cfg = qwen3_tts.codec_config()
+    ref, model = qwen3_tts.build_codec(cfg), qwen3_tts.build_codec(cfg)
+    codes = torch.randint(0, cfg.codebook_size, (2, cfg.num_quantizers, 20), generator=torch.Generator().manual_seed(3))
+    opt = slipstream.optimize(model, warmup=False)
+    got, want = opt(codes), ref(codes)
+    assert got.shape == (2, 1, 20 * 8)
+    assert max_rel_error(got, want) <= tolerance(torch.float32).max_rel
+    report = slipstream.report(opt)
+    layers = cfg.num_hidden_layers
+    expected = {"fuse-rms-norm": 2 * layers + 1, "fuse-swiglu": layers, "fuse-rope": 2 * layers,
+                "fuse-attention": layers}
+    assert {name: report.fused(name) for name in expected} == expected, slipstream.explain(opt)
+    assert report.refusals() == [], slipstream.explain(opt)
