@@ -24,6 +24,16 @@ QWEN05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, nu
                rms_norm_eps=1e-6, tie_word_embeddings=True)
 
 
+def checkpoint(work: Path) -> Path:
+    """The benchmark checkpoint in `work`, built once. Built in a child process: a child's peak RSS (wait4) starts
+    at its parent's size, so the measured exports must not be forked from a process that held the model."""
+    ckpt = work / "qwen2.5-0.5b-shaped"
+    if not (ckpt / "config.json").exists():
+        print(f"building the checkpoint in {ckpt} ...", flush=True)
+        subprocess.run([sys.executable, __file__, "--make-checkpoint", str(ckpt)], check=True)
+    return ckpt
+
+
 def make_checkpoint(path: Path) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -62,11 +72,7 @@ def main() -> None:
     if args.make_checkpoint:
         return make_checkpoint(args.make_checkpoint)
     work = args.work or Path(tempfile.mkdtemp(prefix="gguf-bench-"))
-    ckpt = work / "qwen2.5-0.5b-shaped"
-    if not (ckpt / "config.json").exists():
-        print(f"building the checkpoint in {ckpt} ...", flush=True)
-        # in a child: a forked child's peak RSS (wait4) would otherwise start at this process's size
-        subprocess.run([sys.executable, __file__, "--make-checkpoint", str(ckpt)], check=True)
+    ckpt = checkpoint(work)
     rows = {}
     for quant in ("f16", "q8_0", "q4_k_m"):
         rows[f"slipstream {quant}"] = run([sys.executable, "-m", "slipstream", "export", "gguf", str(ckpt),

@@ -62,12 +62,12 @@ def main(n: int = 4096, k: int = 4096) -> None:
             moved = n * k * 0.5 + n * k * (1 if mode == 0 else 2)
             print(f"probe mode {mode} tile {block_n}x{2 * half} warps {warps}: {t * 1e3:7.1f} us  "
                   f"{moved / t / 1e6:6.0f} GB/s", flush=True)
-    if True:  # correctness of mode 3 against the reference dequantization
-        _probe[(triton.cdiv(n, 64), triton.cdiv(k // 2, 32))](q.packed, q.scales, cb, out, n, k, MODE=3, BLOCK_N=64,
-                                                               HALF=32, num_warps=4)
-        ref = q.dequantize(torch.float32).to(torch.bfloat16)
-        err = (out.float() - ref.float()).abs().max().item()
-        print(f"mode 3 vs the reference: max abs diff {err:.2e} (0 on a GPU; one bf16 ulp under the interpreter)")
+    # correctness of mode 3 against the reference dequantization
+    _probe[(triton.cdiv(n, 64), triton.cdiv(k // 2, 32))](q.packed, q.scales, cb, out, n, k, MODE=3, BLOCK_N=64,
+                                                           HALF=32, num_warps=4)
+    ref = q.dequantize(torch.float32).to(torch.bfloat16)
+    err = (out.float() - ref.float()).abs().max().item()
+    print(f"mode 3 vs the reference: max abs diff {err:.2e} (0 on a GPU; one bf16 ulp under the interpreter)")
 
 
 if __name__ == "__main__":

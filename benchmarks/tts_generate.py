@@ -34,7 +34,7 @@ def run(model, req: dict, frames: int, device: str) -> tuple[torch.Tensor, float
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    codes, _ = model.generate(**req, do_sample=False, subtalker_dosample=False, max_new_tokens=frames + 1)
+    codes, _ = model.generate(**req, **qwen3_tts.greedy(frames))
     if device == "cuda":
         torch.cuda.synchronize()
     return codes[0].cpu(), time.perf_counter() - start

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gguf_export import make_checkpoint  # noqa: E402  (the same Qwen2.5-0.5B-shaped checkpoint)
+from gguf_export import checkpoint  # noqa: E402  (the same Qwen2.5-0.5B-shaped checkpoint)
 from process_stats import run  # noqa: E402
 
 PRESETS = {"w8a8": "W8A8", "w4a16": "W4A16"}
@@ -71,23 +71,17 @@ def _size(path: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=None, help="folder for the checkpoint and outputs (kept)")
-    parser.add_argument("--make-checkpoint", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--theirs", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.make_checkpoint:
-        return make_checkpoint(args.make_checkpoint)
     if args.theirs:
         return theirs(*args.theirs)
     work = args.work or Path(tempfile.mkdtemp(prefix="vllm-bench-"))
-    ckpt = work / "qwen2.5-0.5b-shaped"
-    if not (ckpt / "config.json").exists():
-        print(f"building the checkpoint in {ckpt} ...", flush=True)
-        subprocess.run([sys.executable, __file__, "--make-checkpoint", str(ckpt)], check=True)
+    ckpt = checkpoint(work)
     rows = {}
     for scheme in ("dense", "w8a8", "w4a16"):
         ours, ref = work / f"ours-{scheme}", work / f"ct-{scheme}"
         for d in (ours, ref):
-            subprocess.run(["rm", "-rf", str(d)], check=True)
+            shutil.rmtree(d, ignore_errors=True)
         quant = [] if scheme == "dense" else ["--quant", scheme]
         rows[f"slipstream {scheme}"] = run([sys.executable, "-m", "slipstream", "export", "vllm", str(ckpt), str(ours),
                                             "--quiet", *quant]) + (_size(ours),)

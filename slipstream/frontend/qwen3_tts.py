@@ -80,14 +80,18 @@ def set_attn_implementation(cfg, name: str) -> None:
         c._attn_implementation = name
 
 
-def build(cfg, dtype: torch.dtype = torch.float32, seed: int | None = 0, device: str | torch.device = "cpu"):
-    """Qwen3TTSForConditionalGeneration with random weights (seeded), in eval mode."""
-    cls = qwen_tts_import.modeling().Qwen3TTSForConditionalGeneration
+def _instantiate(cls, cfg, dtype: torch.dtype, seed: int | None, device: str | torch.device) -> nn.Module:
+    """`cls(cfg)` with random weights (seeded unless seed is None), built on `device`, in `dtype`, in eval mode."""
     if seed is not None:
         torch.manual_seed(seed)
     with torch.device(device):
         model = cls(cfg)
     return model.to(dtype).eval()
+
+
+def build(cfg, dtype: torch.dtype = torch.float32, seed: int | None = 0, device: str | torch.device = "cpu"):
+    """Qwen3TTSForConditionalGeneration with random weights (seeded), in eval mode."""
+    return _instantiate(qwen_tts_import.modeling().Qwen3TTSForConditionalGeneration, cfg, dtype, seed, device)
 
 
 def codec_config(attn_implementation: str = "sdpa", **overrides):
@@ -105,12 +109,7 @@ def codec_config(attn_implementation: str = "sdpa", **overrides):
 def build_codec(cfg, dtype: torch.dtype = torch.float32, seed: int | None = 0, device: str | torch.device = "cpu"):
     """The 12 Hz codec decoder (codes [B, quantizers, frames] -> waveform) with random weights, in eval mode; load
     real weights with load_state_dict."""
-    cls = qwen_tts_import.codec_modeling().Qwen3TTSTokenizerV2Decoder
-    if seed is not None:
-        torch.manual_seed(seed)
-    with torch.device(device):
-        model = cls(cfg)
-    return model.to(dtype).eval()
+    return _instantiate(qwen_tts_import.codec_modeling().Qwen3TTSTokenizerV2Decoder, cfg, dtype, seed, device)
 
 
 def config_from_dict(data: dict, attn_implementation: str = "sdpa"):
@@ -175,6 +174,12 @@ def _load_state(model: nn.Module, state: dict, path: Path) -> None:
 
 def _is_tied(model: nn.Module, key: str) -> bool:
     return bool(getattr(model.config, "tie_word_embeddings", False)) and key.endswith("lm_head.weight")
+
+
+def greedy(frames: int) -> dict:
+    """generate() kwargs for `frames` codec frames, greedy in the talker and the code predictor. The first generated
+    step is the prompt's last position, which yields no frame: frames + 1 steps give `frames` frames."""
+    return dict(do_sample=False, subtalker_dosample=False, max_new_tokens=frames + 1)
 
 
 def prompt(text_ids: list[int], instruct_ids: list[int] | None = None, specials: dict | None = None):

@@ -81,8 +81,14 @@ def _reference(x, base, scales, aux, fmt, group, out_features, bias, xs, a, b, s
     return y
 
 
-def _fused(x, base, scales, aux, fmt, group, out_features, bias, xs, a, b, scalings) -> Tensor:
-    """One kernel for base + LoRA + bias; the adapters' A-projections (M x r, cheap) come first."""
+def _in_register(rows: int) -> bool:
+    """Whether the Triton path runs the in-register kernels for this many rows (else buffer + cuBLAS, see top)."""
+    return rows <= FUSED_MAX_ROWS
+
+
+def _triton(x, base, scales, aux, fmt, group, out_features, bias, xs, a, b, scalings) -> Tensor:
+    """The Triton path: the adapters' A-projections (M x r, cheap) first, then one in-register kernel for base +
+    LoRA + bias, or (more rows) a transiently dequantized base in cuBLAS plus the LoRA product."""
     from slipstream.kernels.triton_quant_linear import quant_matmul
 
     k = x.shape[-1]
@@ -93,13 +99,13 @@ def _fused(x, base, scales, aux, fmt, group, out_features, bias, xs, a, b, scali
                        dim=1).to(x.dtype)
         lora_b = torch.cat([bi.to(x.dtype) for bi in b], dim=1)
     bias = None if bias is None else bias.to(x.dtype)
-    if x2.shape[0] > FUSED_MAX_ROWS:
+    if _in_register(x2.shape[0]):
+        y = quant_matmul(x2.contiguous(), base, scales, aux, fmt, group, out_features, k, lora_xa=xa, lora_b=lora_b,
+                         bias=bias)
+    else:
         y = F.linear(x2, base_weight(base, scales, aux, fmt, group, out_features, k, x.dtype), bias)
         if xa is not None:
             y = y.addmm_(xa, lora_b.t())
-    else:
-        y = quant_matmul(x2.contiguous(), base, scales, aux, fmt, group, out_features, k, lora_xa=xa, lora_b=lora_b,
-                         bias=bias)
     return y.reshape(*x.shape[:-1], out_features).to(out_dtype(x, b))
 
 
@@ -111,7 +117,7 @@ def _lora_linear(x: Tensor, base: Tensor, scales: Optional[Tensor], aux: Optiona
                  out_features: int, bias: Optional[Tensor], xs: list[Tensor], a: list[Tensor], b: list[Tensor],
                  scalings: list[float]) -> Tensor:
     _check(x, base, fmt, out_features, xs, a, b, scalings)
-    impl = _fused if _use_kernel(x, fmt) else _reference
+    impl = _triton if _use_kernel(x, fmt) else _reference
     return impl(x, base, scales, aux, fmt, group, out_features, bias, xs, a, b, scalings).contiguous()
 
 
@@ -126,7 +132,7 @@ def _grad_input(grad: Tensor, base: Tensor, scales: Tensor, aux: Tensor, fmt: st
                 in_features: int) -> Tensor:
     """dy @ W for a quantized W: [..., N] -> [..., K]; on the Triton path by batch size as the forward (see top)."""
     n = grad.shape[-1]
-    if select_triton(grad) and grad.numel() <= FUSED_MAX_ROWS * n:
+    if select_triton(grad) and _in_register(grad.numel() // max(n, 1)):
         from slipstream.kernels.triton_quant_linear import quant_matmul_t
 
         dx = quant_matmul_t(grad.reshape(-1, n).contiguous(), base, scales, aux, fmt, group, n, in_features)

@@ -19,8 +19,7 @@ EXPECTED = {"fuse-rms-norm": 2 * (2 * 4 + 1), "fuse-swiglu": 2 * 2, "fuse-rope":
 
 
 def _greedy(frames: int = FRAMES) -> dict:
-    # the first generated step is the prompt's last position (no frame): frames + 1 steps give `frames` frames
-    return dict(do_sample=False, subtalker_dosample=False, max_new_tokens=frames + 1)
+    return qwen3_tts.greedy(frames)
 
 
 def _request(texts, instructs, languages):

@@ -38,6 +38,15 @@ def _oracle(q, k, v, kp, opts, keep):
                       keep=keep, dropout_p=P)
 
 
+def _assert_matches_oracle(out, got, go, q, k, v, kp, opts, keep, dtype):
+    """out and its grads `got` (for grad_out go) against the float64 oracle given the same keep decisions."""
+    q64, k64, v64 = f64(q), f64(k), f64(v)
+    ref = _oracle(q64, k64, v64, kp, opts, keep)
+    assert_close(out, ref, dtype)
+    for g, r in zip(got, grads(ref, [q64, k64, v64], go.double())):
+        assert_close(g, r, dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_flash_dropout_forward_backward(name, dtype):
@@ -50,11 +59,7 @@ def test_flash_dropout_forward_backward(name, dtype):
         go = randn(*out.shape, dtype=dtype)
         got = grads(out, [q, k, v], go)
         keep = dropout_keep_mask(q.shape[0], q.shape[1], q.shape[2], k.shape[2], P, 1234, q.device)
-    q64, k64, v64 = f64(q), f64(k), f64(v)
-    ref = _oracle(q64, k64, v64, kp, opts, keep)
-    assert_close(out, ref, dtype)
-    for g, r in zip(got, grads(ref, [q64, k64, v64], go.double())):
-        assert_close(g, r, dtype)
+    _assert_matches_oracle(out, got, go, q, k, v, kp, opts, keep, dtype)
 
 
 def test_dropout_changes_the_output_and_the_seed_reproduces_it():
@@ -96,12 +101,7 @@ def test_reference_path_dropout_backward(dtype):
     out = attention(q, k, v, kp, scale=q.shape[-1] ** -0.5, dropout_p=P, seed=77, **opts)
     go = randn(*out.shape, dtype=dtype)
     got = grads(out, [q, k, v], go)
-    keep = _reference_keep(q, k.shape[2], P, 77)
-    q64, k64, v64 = f64(q), f64(k), f64(v)
-    ref = _oracle(q64, k64, v64, kp, opts, keep)
-    assert_close(out, ref, dtype)
-    for g, r in zip(got, grads(ref, [q64, k64, v64], go.double())):
-        assert_close(g, r, dtype)
+    _assert_matches_oracle(out, got, go, q, k, v, kp, opts, _reference_keep(q, k.shape[2], P, 77), dtype)
 
 
 def test_dropout_p_out_of_range():
