@@ -54,6 +54,7 @@ def _export_gguf(model: Any, path: Path, quant: str, tokenizer: Any, chat_templa
                  progress: bool, modelfile: bool) -> Path:
     from slipstream.backends.gguf import QUANTS
     from slipstream.backends.gguf.arch import ExportError, resolve
+    from slipstream.backends.gguf.config_json import read_config
     from slipstream.backends.gguf.tokenizer import tokenizer_metadata
     from slipstream.backends.gguf.writer import write
     from slipstream.backends.source import CheckpointSource, ModelSource
@@ -66,16 +67,24 @@ def _export_gguf(model: Any, path: Path, quant: str, tokenizer: Any, chat_templa
         raise ExportError(f"{path.parent} does not exist; create it first")
     from_disk = isinstance(model, (str, Path))
     source = CheckpointSource(model) if from_disk else ModelSource(model)
-    arch = resolve(source.config)
+    arch = resolve(read_config(source.path / "config.json") if from_disk else source.config)
     if tokenizer is None:
         if not from_disk:
             raise ExportError("GGUF files carry the tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...)")
-        tokenizer = source.tokenizer()
+        tokenizer = _checkpoint_tokenizer(source)
     meta = tokenizer_metadata(tokenizer, chat_template, vocab_size=int(arch.config.vocab_size))
     written = write(path, source, arch, quant, meta, _provenance(model, from_disk), threads, progress)
     if modelfile:
         _write_modelfile(written)
     return written
+def _checkpoint_tokenizer(source):
+    """The checkpoint's tokenizer from its files when they say everything (fast), else through AutoTokenizer."""
+    from slipstream.backends.gguf.tokenizer_files import open_tokenizer_files
+
+    tokenizer, _ = open_tokenizer_files(source.path)
+    return tokenizer if tokenizer is not None else source.tokenizer()
+
+
 def _provenance(model: Any, from_disk: bool) -> dict[str, str]:
     import slipstream
 
@@ -93,8 +102,11 @@ def _write_modelfile(gguf_path: Path) -> None:
     import os
     import tempfile
 
+    from slipstream.backends.permissions import as_if_created
+
     target = gguf_path.with_name("Modelfile")
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".Modelfile.", suffix=".partial")
     with os.fdopen(fd, "w") as f:
         f.write(f"# written by slipstream; the chat template travels inside the GGUF file\nFROM ./{gguf_path.name}\n")
+    as_if_created(tmp)
     os.replace(tmp, target)

@@ -3,6 +3,7 @@ dequantized, unless asked otherwise) or a Hugging Face checkpoint directory read
 at a time (never the whole model in memory)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -56,16 +57,20 @@ class CheckpointSource:
     """A directory with config.json and model*.safetensors (single file or sharded with an index)."""
 
     def __init__(self, path: str | Path):
-        from transformers import AutoConfig
-
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
             raise ExportError(f"{self.path} has no config.json: not a Hugging Face checkpoint directory")
+        self._where = self._index()
+
+    @functools.cached_property
+    def config(self):
+        """The transformers config (AutoConfig); the GGUF exporter reads config.json without it (config_json.py)."""
+        from transformers import AutoConfig
+
         try:
-            self.config = AutoConfig.from_pretrained(self.path)
+            return AutoConfig.from_pretrained(self.path)
         except Exception as e:  # a malformed config.json
             raise ExportError(f"{self.path / 'config.json'} could not be read: {e}") from e
-        self._where = self._index()
 
     def _index(self) -> dict[str, Path]:
         from safetensors import safe_open

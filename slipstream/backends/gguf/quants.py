@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -77,6 +76,18 @@ def _roundf(a: np.ndarray) -> np.ndarray:
     """C roundf: nearest, ties away from zero (exact: x - trunc(x) is exact in float32)."""
     t = np.trunc(a)
     return np.where(np.abs(a - t) >= 0.5, t + np.sign(a), t)
+
+
+_JUST_BELOW_HALF = _F(0.49999997)  # the largest float32 below 0.5
+
+
+def _roundf_small(y: np.ndarray) -> np.ndarray:
+    """roundf for |y| < 128 as int8, in place of `y`, in two passes: add the largest float32 below 1/2 with y's sign,
+    then truncate. Exact for every float32 in (-128, 128) (checked exhaustively; tests check the boundaries): a tie
+    k + 1/2 sums to k + 1 - 2^-25, which rounds up to k + 1 for k >= 1 (and to even, 1.0, for k = 0); anything below
+    a tie stays below k + 1."""
+    y += np.copysign(_JUST_BELOW_HALF, y)
+    return y.astype(np.int8)
 
 
 # ggml's nearest_int (the 12582912 magic-number trick) rounds half to even, i.e. np.rint on float32.
@@ -291,8 +302,8 @@ def _q_bf16(x):
 
 def _q8_0(x):
     d = np.abs(x).max(-1, keepdims=True) / _F(127)
-    q = _roundf(x * np.where(d != 0, _F(1) / _safe(d), _F(0))).astype(np.int8)
-    return np.concatenate([_half_bytes(d), q.view(np.uint8)], axis=1)
+    y = x * np.where(d != 0, _F(1) / _safe(d), _F(0))
+    return np.concatenate([_half_bytes(d), _roundf_small(y).view(np.uint8)], axis=1)
 
 
 def _q4_0(x):
@@ -617,31 +628,6 @@ def dequantize(raw: np.ndarray, qtype: QT, shape: Sequence[int] | None = None) -
     for i in range(0, blocks.shape[0], step):
         out[i:i + step] = fn(blocks[i:i + step])
     return out.reshape(shape)
-
-
-def quantize_rows_parallel(data: np.ndarray, qtype: QT, threads: int | None = None) -> np.ndarray:
-    """quantize() split over `threads` worker threads (default min(8, cpus); numpy releases the GIL in its
-    kernels). Every block is quantized on its own, so the work is cut at block boundaries (rows or not) and the
-    bytes are identical to the single-threaded result."""
-    qtype = _check(qtype)
-    data = np.ascontiguousarray(data, dtype=_F)
-    threads = threads or min(8, os.cpu_count() or 1)
-    out_shape = byte_shape(data.shape, qtype)
-    bs, ts = GGML_QUANT_SIZES[qtype]
-    if threads <= 1 or data.size < 2 * _CHUNK_ELEMS:
-        return quantize(data, qtype)
-    blocks = data.reshape(-1, bs)
-    n = blocks.shape[0]
-    per = -(-n // (threads * 4))                          # a few pieces per thread, for balance
-    per = -(-per // max(1, _CHUNK_ELEMS // bs)) * max(1, _CHUNK_ELEMS // bs)   # whole numpy passes
-    out = np.empty((n, ts), np.uint8)
-
-    def work(i):
-        out[i:i + per] = quantize(blocks[i:i + per], qtype)
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(work, range(0, n, per)))
-    return out.reshape(out_shape)
 
 
 # ------------------------------------------------------------------------------------------------- type mixes

@@ -293,6 +293,8 @@ def tokenizer_metadata(tokenizer, chat_template: str | dict | None = None, *,
 
 
 def _backend_json(tokenizer) -> dict | None:
+    if hasattr(tokenizer, "tokenizer_json"):  # TokenizerFiles: already parsed
+        return tokenizer.tokenizer_json
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
@@ -425,22 +427,28 @@ def _special_fields(tokenizer, vocab_size: int) -> list[MetaField]:
 
 
 def _added_specials(tokenizer) -> tuple[bool, bool]:
-    """Whether encoding adds BOS in front / EOS at the end, seen by encoding with and without special tokens."""
-    probe = "a b"
-    plain = tokenizer.encode(probe, add_special_tokens=False)
-    full = tokenizer.encode(probe, add_special_tokens=True)
-    for start in range(len(full) - len(plain) + 1):
-        if full[start:start + len(plain)] == plain:
-            prefix, suffix = full[:start], full[start + len(plain):]
-            break
+    """Whether encoding adds BOS in front / EOS at the end, seen by encoding with and without special tokens
+    (TokenizerFiles reads them off its post-processor)."""
+    if hasattr(tokenizer, "special_affixes"):
+        prefix, suffix = tokenizer.special_affixes()
     else:
-        raise ValueError(f"encoding with special tokens changes the text's tokens ({plain} -> {full}): "
-                         "not representable in GGUF")
+        prefix, suffix = _probe_affixes(tokenizer)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if prefix not in ([], [bos]) or suffix not in ([], [eos]):
         raise ValueError(f"the tokenizer adds {prefix} before and {suffix} after the text; GGUF can only say "
                          f"'add BOS ({bos})' and 'add EOS ({eos})'")
     return bool(prefix), bool(suffix)
+
+
+def _probe_affixes(tokenizer) -> tuple[list[int], list[int]]:
+    probe = "a b"
+    plain = tokenizer.encode(probe, add_special_tokens=False)
+    full = tokenizer.encode(probe, add_special_tokens=True)
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start], full[start + len(plain):]
+    raise ValueError(f"encoding with special tokens changes the text's tokens ({plain} -> {full}): "
+                     "not representable in GGUF")
 
 
 def _template_fields(tokenizer, chat_template) -> list[MetaField]:

@@ -9,8 +9,11 @@ tensor conversion and quantization are ours (quants.py).
 from __future__ import annotations
 
 import os
+import queue
 import struct
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..permissions import as_if_created
 from .arch import Arch, ExportError, extra_tensors, metadata, transform
 
 
@@ -124,18 +128,20 @@ def write(path: str | Path, source, arch: Arch, quant: str, tokenizer_meta: list
         writer.write_ti_data_to_file()
         bar = _progress(planned, progress)
         extras = extra_tensors(arch)
-        for t in planned:
-            data = torch.from_numpy(extras[t.gguf_name]) if t.hf_name is None else \
-                transform(arch, t.hf_name, source.load(t.hf_name))
-            raw = _convert(data, t.qtype, threads)
-            writer.write_tensor_data(raw)
-            if bar is not None:
-                bar.set_postfix_str(f"{t.gguf_name} {t.qtype.name}", refresh=False)
-                bar.update(raw.nbytes)
+        with ThreadPoolExecutor(max_workers=threads) as pool, BackgroundWrites(writer.write_tensor_data) as disk:
+            for t in planned:
+                data = torch.from_numpy(extras[t.gguf_name]) if t.hf_name is None else \
+                    transform(arch, t.hf_name, source.load(t.hf_name))
+                raw = _convert(data, t.qtype, pool)
+                disk.put(raw)
+                if bar is not None:
+                    bar.set_postfix_str(f"{t.gguf_name} {t.qtype.name}", refresh=False)
+                    bar.update(raw.nbytes)
         writer.close()
         writer = None
         if bar is not None:
             bar.close()
+        as_if_created(tmp)
         os.replace(tmp, path)
         return path
     except BaseException:
@@ -148,31 +154,63 @@ def write(path: str | Path, source, arch: Arch, quant: str, tokenizer_meta: list
         raise
 
 
-_CHUNK_ELEMENTS = 1 << 22  # rows converted to fp32 and quantized per step: ~16 MB of fp32 at a time
+_PIECE_ELEMENTS = 1 << 20  # elements one worker converts to fp32 and quantizes at a time (4 MB of fp32)
 
 
-def _convert(data: "torch.Tensor", qtype, threads: int) -> np.ndarray:
-    """Quantize a tensor (any float dtype) into its GGUF bytes, a slice of rows at a time, so the fp32 copy of a
-    large tensor (a 150k-token embedding) never exists whole: peak is the stored tensor plus its output bytes."""
+def _convert(data: "torch.Tensor", qtype, pool: ThreadPoolExecutor) -> np.ndarray:
+    """Quantize a tensor (any float dtype) into its GGUF bytes. Whole rows are cut into pieces the pool's workers
+    convert to fp32 and quantize on their own (numpy and torch release the GIL), so the fp32 copy of a large tensor
+    (a 150k-token embedding) never exists whole; every block is quantized alone, so the bytes equal a one-pass
+    quantization of the whole tensor."""
     import gguf
 
-    from .quants import quantize_rows_parallel
+    from .quants import quantize
 
     direct = {gguf.GGMLQuantizationType.F32: torch.float32, gguf.GGMLQuantizationType.F16: torch.float16,
               gguf.GGMLQuantizationType.BF16: torch.bfloat16}
     if qtype in direct and data.is_floating_point():  # one torch cast (round to nearest even, like gguf's numpy)
         return data.to(direct[qtype]).contiguous().cpu().view(torch.uint8).numpy().reshape(-1)
-    if data.dim() < 2:
-        return quantize_rows_parallel(data.float().cpu().numpy(), qtype, threads)
-    rows = data.reshape(-1, data.shape[-1])
-    step = max(1, _CHUNK_ELEMENTS // rows.shape[1])
-    out, offset = np.empty(_nbytes(tuple(data.shape), qtype), dtype=np.uint8), 0
-    for i in range(0, rows.shape[0], step):
-        part = quantize_rows_parallel(np.ascontiguousarray(rows[i:i + step].float().cpu().numpy()), qtype, threads)
-        part = part.reshape(-1).view(np.uint8)
-        out[offset:offset + part.size] = part
-        offset += part.size
-    return out
+    rows = data.detach().cpu().reshape(-1, data.shape[-1])
+    step = max(1, _PIECE_ELEMENTS // rows.shape[1])
+    out = np.empty(_nbytes(tuple(rows.shape), qtype), dtype=np.uint8).reshape(rows.shape[0], -1)
+
+    def work(i: int) -> None:
+        out[i:i + step] = quantize(rows[i:i + step].float().numpy(), qtype)
+    list(pool.map(work, range(0, rows.shape[0], step)))
+    return out.reshape(-1)
+
+
+class BackgroundWrites:
+    """Writes tensors' bytes in order on one thread, so the disk write of one tensor overlaps the conversion of the
+    next; at most one converted tensor waits. A write error is raised in the caller (at its next `put` or on leaving
+    the block), and leaving the block early (an error, Ctrl-C) stops the thread before the caller cleans up."""
+
+    def __init__(self, write):
+        self._write, self._queue, self._error = write, queue.Queue(maxsize=1), None
+        self._thread = threading.Thread(target=self._run, name="gguf-writer", daemon=True)
+
+    def __enter__(self) -> "BackgroundWrites":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while (raw := self._queue.get()) is not None:
+            if self._error is None:  # after an error, drain the queue so the caller never blocks
+                try:
+                    self._write(raw)
+                except BaseException as e:
+                    self._error = e
+
+    def put(self, raw: np.ndarray) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(raw)
+
+    def __exit__(self, *exc) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
 
 
 def _progress(planned: list[PlannedTensor], enabled: bool):

@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 import torch
 
 from slipstream.backends.errors import ExportError
+from slipstream.backends.permissions import as_if_created
 
 _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
            torch.int8: "I8", torch.uint8: "U8", torch.int16: "I16", torch.int32: "I32", torch.int64: "I64",
@@ -115,6 +116,7 @@ def staging(target: Path, overwrite: bool) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
     try:
         yield tmp
+        as_if_created(tmp)
         old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
         try:
             if target.exists():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -182,6 +183,10 @@ def test_checkpoint_directory_and_cli(tokenizer, tmp_path):
     assert main(["export", "gguf", str(tmp_path / "ckpt"), str(tmp_path / "m.gguf"), "--quant", "f32", "--quiet",
                  "--modelfile"]) == 0
     assert (tmp_path / "Modelfile").read_text().strip().endswith("FROM ./m.gguf")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("m.gguf", "Modelfile"):  # as open() would make them (readable by a service user), not 0600
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
     ids = prompt_ids()
     assert_logits(llama_cpp_logits(tmp_path / "m.gguf", ids), hf_logits(model, ids), 1e-4)
     reader = gguf.GGUFReader(tmp_path / "m.gguf")

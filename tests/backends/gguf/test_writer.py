@@ -2,6 +2,8 @@
 own packing) and torch casts for F32/F16/BF16 (vs our numpy quantizers)."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -34,4 +36,6 @@ def test_bulk_metadata_packing_is_byte_identical(tmp_path):
 def test_direct_float_casts_equal_the_quantizers(qtype, dtype):
     x = (torch.randn(300, 64) * 3).to(dtype)
     q = gguf.GGMLQuantizationType[qtype]
-    assert np.array_equal(_convert(x, q, 2), quantize(x.float().numpy(), q).reshape(-1).view(np.uint8))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        got = _convert(x, q, pool)
+    assert np.array_equal(got, quantize(x.float().numpy(), q).reshape(-1).view(np.uint8))

@@ -5,6 +5,7 @@ files, a checkpoint directory and the CLI."""
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import pytest
@@ -163,3 +164,6 @@ def test_checkpoint_directory_through_the_cli(tmp_path):
     assert main(["export", "vllm", str(tmp_path / "ckpt"), str(tmp_path / "out"), "--quiet"]) == 2  # exists
     assert main(["export", "vllm", str(tmp_path / "ckpt"), str(tmp_path / "out"), "--quiet", "--overwrite"]) == 0
     assert "quantization_config" not in json.loads((tmp_path / "out" / "config.json").read_text())
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir would make it, not 0700

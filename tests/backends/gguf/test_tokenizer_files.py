@@ -1,0 +1,119 @@
+"""The tokenizer read from a checkpoint's files (tokenizer_files.py) gives the GGUF metadata AutoTokenizer gives, for
+the shipped Llama 3 and Qwen2 tokenizers and for variants of their files (templates in every place transformers
+reads them, special tokens from special_tokens_map.json, a post-processor adding EOS); files whose transformers
+semantics it does not reproduce are handed back with the reason; a checkpoint export never imports transformers."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from tokenizer_files import unpack
+
+from slipstream.backends.gguf.tokenizer import tokenizer_metadata
+from slipstream.backends.gguf.tokenizer_files import open_tokenizer_files
+
+ROOT = Path(__file__).resolve().parents[3]
+SHIPPED = {"llama3": ROOT / "slipstream" / "data" / "tokenizers" / "llama3", "qwen2": ROOT / "tests" / "data" /
+           "tokenizers" / "qwen2"}
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tokenizers")
+    return {name: unpack(src, base / name) for name, src in SHIPPED.items()}
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    return unpack(src, dst)  # a plain copy (nothing is gzipped in an unpacked folder)
+
+
+def _edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def _assert_same_metadata(folder: Path, vocab_size: int | None = None) -> None:
+    ours, why = open_tokenizer_files(folder)
+    assert ours is not None, why
+    theirs = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer_metadata(ours, vocab_size=vocab_size) == tokenizer_metadata(theirs, vocab_size=vocab_size)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_tokenizers_give_autotokenizers_metadata(name, shipped):
+    _assert_same_metadata(shipped[name])
+    _assert_same_metadata(shipped[name], vocab_size=160_000)  # padded with unused tokens
+
+
+def test_chat_templates_from_every_place_transformers_reads(shipped, tmp_path):
+    folder = _copy(shipped["qwen2"], tmp_path / "list")
+    (folder / "chat_template.jinja").unlink()
+    _edit_json(folder / "tokenizer_config.json", lambda c: c.update(chat_template=[
+        {"name": "default", "template": "{{ messages[0]['content'] }}"}, {"name": "tool_use", "template": "T"}]))
+    _assert_same_metadata(folder)
+    folder = _copy(shipped["qwen2"], tmp_path / "dir")                      # chat_template.jinja + extra files
+    (folder / "additional_chat_templates").mkdir()
+    (folder / "additional_chat_templates" / "rag.jinja").write_text("R{{ x }}")
+    _assert_same_metadata(folder)
+    ours, _ = open_tokenizer_files(folder)
+    assert set(ours.chat_template) == {"default", "rag"}
+
+
+def test_special_tokens_map_and_an_eos_adding_post_processor(shipped, tmp_path):
+    folder = _copy(shipped["llama3"], tmp_path / "eos")
+    _edit_json(folder / "tokenizer_config.json", lambda c: c.pop("pad_token"))
+    (folder / "special_tokens_map.json").write_text(json.dumps({"pad_token": "<|reserved_special_token_0|>"}))
+
+    def add_eos(tj):  # Llama 3's BOS template, now adding EOS too, behind a ByteLevel step (a Sequence)
+        template = tj["post_processor"]
+        template["single"].append({"SpecialToken": {"id": "<|end_of_text|>", "type_id": 0}})
+        template["special_tokens"]["<|end_of_text|>"] = {"id": "<|end_of_text|>", "ids": [128001],
+                                                         "tokens": ["<|end_of_text|>"]}
+        tj["post_processor"] = {"type": "Sequence", "processors": [
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}, template]}
+    _edit_json(folder / "tokenizer.json", add_eos)
+    _assert_same_metadata(folder)
+    ours, _ = open_tokenizer_files(folder)
+    assert ours.special_affixes() == ([128000], [128001]) and ours.pad_token_id == 128002
+
+
+@pytest.mark.parametrize("change,reason", [
+    (lambda c, t: c.update(tokenizer_class="LlamaTokenizerFast"), "tokenizer_class 'LlamaTokenizerFast'"),
+    (lambda c, t: c.update(add_bos_token=True), "overrides the post-processor"),
+    (lambda c, t: c.update(eos_token="hello"), "'hello' is not a special added token"),
+    (lambda c, t: c.update(added_tokens_decoder={"151643": {"content": "<|x|>", "special": True}}),
+     "added token 151643 differs"),
+    (lambda c, t: c.update(additional_special_tokens=["abc"]), "additional special token 'abc'"),
+    (lambda c, t: t.update(post_processor={"type": "RobertaProcessing", "sep": ["</s>", 2], "cls": ["<s>", 0]}),
+     "post-processor 'RobertaProcessing'"),
+    (lambda c, t: t["model"].update(type="WordPiece"), "not a byte-level BPE"),
+], ids=["class", "add_bos", "special-not-added", "added-mismatch", "additional-special", "roberta", "wordpiece"])
+def test_files_transformers_would_read_differently_are_handed_back(change, reason, shipped, tmp_path):
+    folder = _copy(shipped["qwen2"], tmp_path / "t")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    change(config, tj)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
+    ours, why = open_tokenizer_files(folder)
+    assert ours is None and reason in why
+
+
+def test_checkpoint_export_never_imports_transformers(shipped, tmp_path):
+    """The point of both readers: `slipstream export gguf <checkpoint>` runs without transformers (~5 s of import
+    and tokenizer loading on a 2-core machine)."""
+    import models
+
+    ckpt = _copy(shipped["qwen2"], tmp_path / "ckpt")
+    models.build("qwen2", vocab_size=151936).save_pretrained(ckpt)
+    code = ("import sys, slipstream; slipstream.export(sys.argv[1], sys.argv[2], quant='q8_0', progress=False); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'tokenizers')))")
+    out = subprocess.run([sys.executable, "-c", code, str(ckpt), str(tmp_path / "m.gguf")], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "[]" and (tmp_path / "m.gguf").stat().st_size > 1_000_000
