@@ -6,7 +6,8 @@ import contextvars
 # The dotted path of the unit whose forward is running: one captured graph can serve many units (layers).
 CURRENT_UNIT: contextvars.ContextVar[str] = contextvars.ContextVar("slipstream_unit", default="")
 
-# Where the attention dispatcher records (unit, site, implementation, reason): the running model's report.
+# Where run-time choices are recorded (pass, unit, site, implementation, reason): the running model's report. Written
+# by attention's dispatch (fuse-attention) and slipstream::mrope_select (fold-mrope).
 DECISIONS: contextvars.ContextVar[set | None] = contextvars.ContextVar("slipstream_decisions", default=None)
 
 # Bisection (debug/bisect.py): how many more matches a pass may apply; None = no limit. Pass.find consults it.

@@ -60,7 +60,7 @@ class Report:
     graph_records: list[GraphRecord] = field(default_factory=list)
     runs: set = field(default_factory=set)           # (unit, graph id) pairs seen at run time
     seconds: dict = field(default_factory=lambda: defaultdict(float))
-    decision_log: set = field(default_factory=set)   # (unit, site, implementation, reason) from attention dispatch
+    decision_log: set = field(default_factory=set)   # (pass, unit, site, implementation, reason) made at run time
     notes: dict = field(default_factory=dict)        # pass -> extra lines for explain() (module passes)
     module_records: list = field(default_factory=list)  # GraphRecords of module passes (whole model, ran once)
     traces: list = field(default_factory=list)        # debug/trace.GraphTrace per graph id: the graph diff
@@ -117,9 +117,11 @@ class Report:
         names = [pass_name] if pass_name else list(passes)
         return sorted(k for n in names if n in passes for k in passes[n].rejections)
 
-    def decisions(self) -> list[tuple[str, str, str]]:
-        """Run-time kernel choices of this model's attention sites: (module path, implementation, reason)."""
-        return sorted({(_absolute(site, unit), impl, reason) for unit, site, impl, reason in self.decision_log})
+    def decisions(self, pass_name: str | None = None) -> list[tuple[str, str, str]]:
+        """Run-time choices at this model's rewritten sites (attention kernels, mRoPE folds), of one pass or all:
+        (module path, implementation, reason)."""
+        return sorted({(_absolute(site, unit), impl, reason) for name, unit, site, impl, reason in self.decision_log
+                       if pass_name in (None, name)})
 
     def __str__(self) -> str:
         return render(self)
@@ -166,8 +168,7 @@ def render(report: Report) -> str:
         for rule, path, reason in sorted(record.rejections):
             lines.append(f"  ! {path or '<model>'}: refused{'' if rule == '-' else f' ({rule})'}: {reason}")
         lines.extend(f"  = {note}" for note in report.notes.get(record.name, ()))
-        if record.name == "fuse-attention":
-            lines.extend(_decision_lines(report.decisions()))
+        lines.extend(_decision_lines(report.decisions(record.name)))
     return "\n".join(lines)
 
 

@@ -149,7 +149,7 @@ def attention(q, k, v, k_orig, v_orig, mask, *, causal: bool, scale, dropout_p: 
     sink = DECISIONS.get()
     if sink is not None:  # the running model's report
         label = "reference" if choice == "reference" else kernel_name(q, k, info.kind == "packed")
-        sink.add((CURRENT_UNIT.get() or unit, site, label, reason))
+        sink.add(("fuse-attention", CURRENT_UNIT.get() or unit, site, label, reason))
     if choice == "reference":
         return _reference(q, k_orig, v_orig, mask, causal, scale, dropout_p, training, softcap, form)
     from .attention import attention as fused_attention

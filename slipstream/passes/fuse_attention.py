@@ -18,7 +18,7 @@ from torch.fx import Graph, Node
 from ..kernels import attention_dispatch
 from .base import Pass, PassOptions, Rule
 from .checks import dtype_supported, first_reason, same_size
-from .ops import module_path, tensor_meta, view
+from .ops import site_path, tensor_meta, view
 from .pattern import Lit, Match, Op, Var
 
 Q, K, V = Var("q"), Var("k"), Var("v")
@@ -48,11 +48,6 @@ def strip_repeat_kv(x: Node) -> Node:
     if base is None or out is None or base.dim() != 4 or out.dim() != 4:
         return x
     return u.inputs[0]
-
-
-def _site(m: Match) -> str:
-    path, unit = module_path(m.root), m.root.meta.get("slipstream_unit", "")
-    return path[len(unit) + 1:] if unit and path.startswith(unit + ".") else ("" if path == unit else path)
 
 
 def _check(m: Match) -> str | None:
@@ -112,7 +107,7 @@ class FuseAttention(Pass):
                           dropout_p=m.get("dropout_p", 0.0),
                           # sdpa drops whenever dropout_p > 0 (HF passes 0.0 outside training)
                           training=bool(m.get("training", form == "sdpa")),
-                          softcap=m.get("softcap", 0.0), form=form, impl=impl, site=_site(m),
+                          softcap=m.get("softcap", 0.0), form=form, impl=impl, site=site_path(m.root),
                           unit=m.root.meta.get("slipstream_unit", ""))
             return graph.call_function(attention_dispatch.attention, (m["q"], k, v, m["k"], m["v"], m.get("mask")),
                                        kwargs)

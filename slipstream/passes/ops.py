@@ -283,3 +283,10 @@ def view(node: Any) -> OpView | None:
 def module_path(node: Node) -> str:
     """The dotted path of the innermost module that created `node` ('' at the top level)."""
     return node.meta.get("slipstream_path", "")
+
+
+def site_path(node: Node) -> str:
+    """`node`'s module path relative to the unit whose graph holds it: one graph serves many units (layers), so
+    run-time decisions name the site relative to the unit that ran it."""
+    path, unit = module_path(node), node.meta.get("slipstream_unit", "")
+    return path[len(unit) + 1:] if unit and path.startswith(unit + ".") else ("" if path == unit else path)

@@ -17,7 +17,7 @@ and a pass costs O(graph) per rule.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.fx import Node
@@ -65,6 +65,13 @@ class Alt(Pattern):
 
     def __or__(self, other: Pattern) -> "Alt":
         return Alt(self.options + (other,))
+
+
+@dataclass(frozen=True, eq=False)
+class Recognizer(Pattern):
+    """A shape no tree of `Op`s can say, such as in-place writes (the written tensor's *users* belong to it):
+    `fn(node)` returns (bindings, nodes) with `node` as the top, or None."""
+    fn: Callable[[Node], tuple[dict, list] | None]
 
 
 @dataclass
@@ -130,6 +137,8 @@ def _match(pattern: Any, value: Any, state: _State) -> _State | None:
         return None
     if isinstance(pattern, Op):
         return _match_op(pattern, value, state)
+    if isinstance(pattern, Recognizer):
+        return _recognize(pattern, value, state)
     return state if _same(pattern, value) else None  # a constant such as 2 or -1
 
 
@@ -157,6 +166,18 @@ def _match_op(pattern: Op, value: Any, state: _State) -> _State | None:
                 bindings = found[0]
             return (bindings, nodes + (value,), boundary | {value} if pattern.boundary else boundary)
     return None
+
+
+def _recognize(pattern: Recognizer, value: Any, state: _State) -> _State | None:
+    found = pattern.fn(value) if isinstance(value, Node) else None
+    if found is None:
+        return None
+    bindings, nodes = found
+    for name, bound in bindings.items():
+        state = _bind(state, name, bound)
+        if state is None:
+            return None
+    return (state[0], state[1] + tuple(nodes), state[2])
 
 
 def _match_inputs(patterns: tuple, inputs: tuple, state: _State) -> _State | None:

@@ -14,8 +14,11 @@ ensure_qwen_tts()
 from slipstream.frontend import qwen3_tts  # noqa: E402
 
 FRAMES = 20
-# per decoder layer: input/post-attention norms + q_norm/k_norm; one final norm per stack; q and k RoPE apart
-EXPECTED = {"fuse-rms-norm": 2 * (2 * 4 + 1), "fuse-swiglu": 2 * 2, "fuse-rope": 2 * 2 * 2, "fuse-attention": 2 * 2}
+# per decoder layer: input/post-attention norms + q_norm/k_norm; one final norm per stack; q and k RoPE apart;
+# the talker's mRoPE selection of cos and sin (the code predictor has plain RoPE)
+EXPECTED = {"fuse-rms-norm": 2 * (2 * 4 + 1), "fuse-swiglu": 2 * 2, "fold-mrope": 2 * 2, "fuse-rope": 2 * 2 * 2,
+            "fuse-attention": 2 * 2}
+PLAIN = ("plain RoPE", "mRoPE axes equal")
 
 
 def _greedy(frames: int = FRAMES) -> dict:
@@ -47,6 +50,8 @@ def test_generate_identical_with_voice_description_and_language(pair):
     assert report.refusals() == [], slipstream.explain(opt)
     units = report.units
     assert "talker.model.layers.0" in units and "talker.code_predictor.model.layers.1" in units
+    # TTS prompts have equal mRoPE axes: every talker layer ran plain RoPE
+    assert {(f"talker.model.layers.{i}.self_attn", *PLAIN) for i in range(2)} <= set(report.decisions("fold-mrope"))
 
 
 def test_generate_identical_for_a_batch_of_two_text_lengths(pair):
@@ -79,18 +84,46 @@ def test_forward_logits_match_fp32(pair):
 
 
 def test_mrope_axes_that_differ_stay_exact(pair):
-    """Position ids whose three mRoPE axes differ (as a multimodal prompt would have): the output stays exact."""
+    """Position ids whose three mRoPE axes differ (as a multimodal prompt would have): fold-mrope runs the exact
+    selection and says why; with equal axes it runs plain RoPE. The output stays exact either way."""
     opt, ref = pair
     embeds = torch.randn(1, 6, opt.config.talker_config.hidden_size, generator=torch.Generator().manual_seed(4))
     pos = torch.arange(6).expand(3, 1, 6).clone()
     pos[1] += 5
     pos[2] *= 2
+    report = slipstream.report(opt)
+    sites = [f"talker.model.layers.{i}.self_attn" for i in range(2)]
+    for position_ids, decision in ((pos, ("mRoPE selection", "mRoPE axes differ")), (None, PLAIN)):
+        report.decision_log.clear()  # this call's decisions only
+        with torch.no_grad():
+            got = opt.talker.model(inputs_embeds=embeds, position_ids=position_ids, use_cache=False)
+            want = ref.talker.model(inputs_embeds=embeds, position_ids=position_ids, use_cache=False)
+        assert torch.equal(got.last_hidden_state, want.last_hidden_state)
+        assert report.decisions("fold-mrope") == [(site, *decision) for site in sites]
+        assert f"ran {decision[0]} at 2 site(s) ({decision[1]}): talker.model.layers.[0-1].self_attn" in \
+            slipstream.explain(opt)
     with torch.no_grad():
-        got = opt.talker.model(inputs_embeds=embeds, position_ids=pos, use_cache=False).last_hidden_state
-        want = ref.talker.model(inputs_embeds=embeds, position_ids=pos, use_cache=False).last_hidden_state
         plain = ref.talker.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
-    assert max_rel_error(got, want) <= tolerance(torch.float32).max_rel
-    assert max_rel_error(plain, want) > 1e-3  # the axes really change the result
+        differ = ref.talker.model(inputs_embeds=embeds, position_ids=pos, use_cache=False).last_hidden_state
+    assert max_rel_error(plain, differ) > 1e-3  # the axes really change the result
+
+
+def test_mrope_agrees_forward_and_backward_when_axes_differ(pair):
+    """Forward and backward (grad enabled: the custom ops, not the no-grad twin) with differing axes: hidden states
+    and input gradients within the fp32 tolerance."""
+    opt, ref = pair
+    g = torch.Generator().manual_seed(7)
+    embeds = torch.randn(1, 6, opt.config.talker_config.hidden_size, generator=g)
+    pos = torch.arange(6).expand(3, 1, 6).clone()
+    pos[2] += 3
+    tol = tolerance(torch.float32).max_rel
+    outs, grads = [], []
+    for model in (opt, ref):
+        x = embeds.clone().requires_grad_()
+        out = model.talker.model(inputs_embeds=x, position_ids=pos, use_cache=False).last_hidden_state
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(8))).sum().backward()
+        outs.append(out.detach()), grads.append(x.grad)
+    assert max_rel_error(outs[0], outs[1]) <= tol and max_rel_error(grads[0], grads[1]) <= tol
 
 
 def test_save_pretrained_and_reload_through_loader(pair, tmp_path):
