@@ -132,7 +132,8 @@ def test_q4_k_m_file_equals_llama_cpps_own_and_tracks_its_dequantized_weights(to
     """Our Q4_K_M file holds the tensors llama-quantize writes for the same F32 file (so llama.cpp computes the same
     logits), and those logits follow transformers on the dequantized weights. Not to 1e-3: ggml's CPU K-quant dot
     products quantize the activations to 8 bits as well, which on this model costs ~3e-2 (2 % of the largest logit)
-    for llama.cpp's own file exactly as for ours."""
+    for llama.cpp's own file exactly as for ours; emulating that quantization does not close it, as the emulated
+    reference differs from itself by ~1e-2 between fp32 and fp64 (docs/gguf.md)."""
     model = build("qwen3", hidden_size=256, intermediate_size=512, head_dim=64)
     ours = slipstream.export(model, tmp_path / "q4km.gguf", quant="q4_k_m", tokenizer=tokenizer, progress=False)
     f32 = slipstream.export(model, tmp_path / "f32.gguf", quant="f32", tokenizer=tokenizer, progress=False)
