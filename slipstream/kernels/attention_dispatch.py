@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import functools
 import math
-import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..context import CURRENT_UNIT, DECISIONS
+from .tensor_memo import TensorMemo
 
 IMPLS = ("auto", "triton", "reference")   # triton: the slipstream::attention op (Triton where Triton runs)
 
@@ -36,7 +36,7 @@ class MaskInfo:
     max_seqlen: int = 0                     # packed: the longest sequence
 
 
-_cache: list[tuple[weakref.ref, int, tuple, MaskInfo]] = []
+_masks = TensorMemo()  # the same mask object serves every layer of a forward
 
 
 def classify_mask(mask: torch.Tensor | None, causal: bool, s: int, t: int) -> MaskInfo:
@@ -44,14 +44,7 @@ def classify_mask(mask: torch.Tensor | None, causal: bool, s: int, t: int) -> Ma
         return MaskInfo("causal" if causal and s > 1 else "none", None, -1)
     if causal:
         return MaskInfo("arbitrary", None, -1, "an explicit mask together with is_causal")
-    key = (causal, s, t, tuple(mask.shape))
-    for ref, version, k, info in _cache:  # the same mask object serves every layer of a forward
-        if ref() is mask and version == mask._version and k == key:
-            return info
-    info = _classify(mask, s, t)
-    _cache.insert(0, (weakref.ref(mask), mask._version, key, info))
-    del _cache[4:]
-    return info
+    return _masks.get(mask, (causal, s, t, tuple(mask.shape)), lambda: _classify(mask, s, t))
 
 
 def _classify(mask: torch.Tensor, s: int, t: int) -> MaskInfo:

@@ -12,7 +12,8 @@ equal), the selection *is* axis 0: plain RoPE, and that is what runs. Otherwise 
 give identical values; the choice and its reason are recorded per site for explain(), as attention's dispatch
 does. The gradient is always the selection's own (a scatter to the axis each column came from), whichever path
 ran, so a table that requires grad gets the same gradient as in eager. PyTorch only: it is a copy, there is
-nothing for a kernel to fuse. The check costs one `torch.equal` per axis (a device sync on GPU).
+nothing for a kernel to fuse. The check costs one `torch.equal` per axis (a device sync on GPU), once per table
+object: every layer of a forward gets the same table.
 """
 import sys
 
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from slipstream.context import CURRENT_UNIT, DECISIONS
 from slipstream.kernels.registry import define_op
+from slipstream.kernels.tensor_memo import TensorMemo
 
 OPEN = sys.maxsize  # an open slice bound (`x[..., 1::3]`) in the op's int-list form
 PLAIN, EXACT = "plain RoPE", "mRoPE selection"
@@ -54,9 +56,13 @@ def mrope_reference(table: Tensor, half: bool, axes: list[int], starts: list[int
     return torch.cat([out] * repeat, -1) if repeat > 1 else out
 
 
+_answers = TensorMemo()  # the same table object serves every layer of a forward: check it once
+
+
 def axes_equal(table: Tensor, axes: list[int]) -> bool:
     """True when every axis a write reads holds axis 0's values: the selection is then axis 0."""
-    return all(torch.equal(table[0], table[a]) for a in sorted(set(axes)) if a % table.shape[0] != 0)
+    others = tuple(sorted({a for a in axes if a % table.shape[0] != 0}))
+    return _answers.get(table, others, lambda: all(torch.equal(table[0], table[a]) for a in others))
 
 
 def _plain(table: Tensor, half: bool, repeat: int) -> Tensor:

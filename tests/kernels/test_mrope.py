@@ -80,3 +80,22 @@ def test_only_the_axes_read_decide():
         DECISIONS.reset(token)
     assert torch.equal(out, _gather(table, (True, [1], [1], [6], [3], 2)))
     assert {d[3:] for d in log} == {("plain RoPE", "mRoPE axes equal")}
+
+
+def test_axis_check_runs_once_per_table_object(monkeypatch):
+    """Every layer of a forward gets the same table: the equality check (a device sync on GPU) runs once for it,
+    and again only after the table changes in place."""
+    from slipstream.kernels import mrope
+
+    checks = []
+    real_equal = torch.equal
+    monkeypatch.setattr(mrope.torch, "equal", lambda a, b: checks.append(1) or real_equal(a, b))
+    half, axes, starts, ends, steps, repeat = FORMS["interleaved"]
+    table = _table(True)
+    for _ in range(3):
+        assert mrope.axes_equal(table, axes)
+    assert len(checks) == 2  # axes 1 and 2 against axis 0, once
+    table[1, 0, 0, 1] += 1.0  # in place: the version changes, the answer too
+    assert not mrope.axes_equal(table, axes) and len(checks) == 3
+    got = mrope_select(table, half, axes, starts, ends, steps, repeat, "s", "u")
+    assert torch.equal(got, _gather(table, FORMS["interleaved"]))
