@@ -3,6 +3,9 @@
 # attention benchmarks, every tiny family end to end. Each step has its own time limit; logs go to $OUT (the
 # device tool's folder) or ./gpu-logs. Runs from the repository root with the machine's own torch/triton/
 # transformers (no install). `gpu_session.sh STEP...` runs only the named steps.
+# The `tts` step needs qwen-tts, which the GPU machine lacks (no network): before the call,
+#   mkdir -p gpu-extra && cp -r .venv/lib/python3.11/site-packages/qwen_tts gpu-extra/
+# and pass carry=["gpu-extra"] (1 MB; gpu-extra/ is git-ignored).
 set -u
 wanted="$*"
 out=${OUT:-gpu-logs}
@@ -31,3 +34,4 @@ step attention 80 python3 benchmarks/attention.py
 step lora_linear_tune 150 python3 benchmarks/lora_linear_tune.py
 step lora_linear 60 python3 benchmarks/lora_linear.py
 step models 200 python3 tests/backends/device_model_check.py --device cuda
+step tts 240 env PYTHONPATH="$PWD:$PWD/gpu-extra" python3 benchmarks/tts_generate.py --shape 1.7b --device cuda
