@@ -3,14 +3,13 @@
 # attention benchmarks, every tiny family end to end. Each step has its own time limit; logs go to $OUT (the
 # device tool's folder) or ./gpu-logs. Runs from the repository root with the machine's own torch/triton/
 # transformers (no install). `gpu_session.sh STEP...` runs only the named steps.
-# The `tts` step needs qwen-tts, which the GPU machine lacks (no network): before the call,
-#   mkdir -p gpu-extra && cp -r .venv/lib/python3.11/site-packages/qwen_tts gpu-extra/
-# and pass carry=["gpu-extra"] (1 MB; gpu-extra/ is git-ignored).
+# The GPU machine lacks qwen-tts (the `tts` step) and bitsandbytes (lora_linear's baseline) and has no network:
+# run `bash benchmarks/gpu_extra.sh` here first and pass carry=["gpu-extra"] (5 MB; git-ignored).
 set -u
 wanted="$*"
 out=${OUT:-gpu-logs}
 mkdir -p "$out"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD:$PWD/gpu-extra PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET SLIPSTREAM_TRITON_ON_CPU
 
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $out/NAME.log, print its exit code
@@ -34,4 +33,4 @@ step attention 80 python3 benchmarks/attention.py
 step lora_linear_tune 150 python3 benchmarks/lora_linear_tune.py
 step lora_linear 60 python3 benchmarks/lora_linear.py
 step models 200 python3 tests/backends/device_model_check.py --device cuda
-step tts 240 env PYTHONPATH="$PWD:$PWD/gpu-extra" python3 benchmarks/tts_generate.py --shape 1.7b --device cuda
+step tts 240 python3 benchmarks/tts_generate.py --shape 1.7b --device cuda
