@@ -32,7 +32,7 @@ def rms_norm_reference(x: Tensor, weight: Tensor, eps: float, offset: float, cas
     xf = x.float()
     n = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     if cast_first:
-        return (weight + offset) * n.to(x.dtype)
+        return (weight + offset if offset else weight) * n.to(x.dtype)  # no `+ 0.0` op when there is no offset
     return (n * (weight.float() + offset)).to(x.dtype)
 
 

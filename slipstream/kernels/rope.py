@@ -41,6 +41,8 @@ def _rotate_reference(x: Tensor, cos: Tensor, sin: Tensor, backward: bool) -> Te
     else:
         gs1, gs2 = (x_rot * s).chunk(2, -1)
         y = x_rot * c + torch.cat((gs2, -gs1), -1)  # eager autograd: rotate_half's transpose of grad * sin
+    if x_pass.shape[-1] == 0:  # full rotary: no concatenation (a copy per call)
+        return y.contiguous()
     return torch.cat((y, x_pass), -1).contiguous()
 
 
