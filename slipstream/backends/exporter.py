@@ -77,6 +77,8 @@ def _export_gguf(model: Any, path: Path, quant: str, tokenizer: Any, chat_templa
     if modelfile:
         _write_modelfile(written)
     return written
+
+
 def _checkpoint_tokenizer(source):
     """The checkpoint's tokenizer from its files when they say everything (fast), else through AutoTokenizer."""
     from slipstream.backends.gguf.tokenizer_files import open_tokenizer_files

@@ -4,7 +4,7 @@ Loading a tokenizer through AutoTokenizer costs ~5 s (importing transformers, bu
 serialising it back to JSON for us to read); the GGUF metadata needs only what tokenizer.json, tokenizer_config.json
 (+ special_tokens_map.json) and the chat template files say. `open_tokenizer_files` reads them for the cases whose
 transformers semantics are plain: a fast tokenizer class that adds no special tokens of its own
-(`PreTrainedTokenizerFast`, Qwen2's), every special token already in the vocabulary, added tokens declared
+(`PreTrainedTokenizerFast`, Qwen2's), every special token already a special added token, added tokens declared
 consistently, and a post-processor that is absent, ByteLevel or a template (the BOS/EOS it adds are read off it).
 Anything else returns None with the reason and the caller loads AutoTokenizer: the result is the same, only
 slower. tests/backends/gguf/test_tokenizer_files.py checks the metadata equals AutoTokenizer's.
@@ -70,19 +70,18 @@ def open_tokenizer_files(path: str | Path) -> tuple[TokenizerFiles | None, str]:
     if model.get("type") != "BPE" or decoder.get("type") != "ByteLevel" or not isinstance(model.get("vocab"), dict):
         return None, "not a byte-level BPE tokenizer.json"
     added = {int(t["id"]): AddedToken(t["content"], bool(t.get("special"))) for t in tj.get("added_tokens") or []}
-    why = _check_added(config, added)
+    special_ids = {t.content: i for i, t in added.items() if t.special}
+    why = _check_added(config, added, special_ids)
     if why:
         return None, why
-    vocab = {**model["vocab"], **{t.content: i for i, t in added.items()}}
     specials = _specials(path, config)
-    special_added = {t.content for t in added.values() if t.special}
-    missing = [v for v in specials.values() if v is not None and v not in special_added]
+    missing = [v for v in specials.values() if v is not None and v not in special_ids]
     if missing:
         return None, f"special token {missing[0]!r} is not a special added token (transformers would make it one)"
     affixes = _affixes(tj.get("post_processor"))
     if affixes is None:
         return None, f"post-processor {(tj.get('post_processor') or {}).get('type')!r}"
-    ids = {k: (vocab[v] if v is not None else None) for k, v in specials.items()}
+    ids = {k: (special_ids[v] if v is not None else None) for k, v in specials.items()}
     return TokenizerFiles(path, tj, added, ids, affixes, _chat_template(path, config)), ""
 
 
@@ -96,15 +95,14 @@ def _content(value) -> str | None:
     return value.get("content") if isinstance(value, dict) else value
 
 
-def _check_added(config: dict, added: dict[int, AddedToken]) -> str:
+def _check_added(config: dict, added: dict[int, AddedToken], special_ids: dict[str, int]) -> str:
     """tokenizer_config.json may redeclare added tokens; they must say what tokenizer.json says."""
     for key, t in (config.get("added_tokens_decoder") or {}).items():
         have = added.get(int(key))
         if have is None or have.content != t.get("content") or have.special != bool(t.get("special")):
             return f"added token {key} differs between tokenizer.json and tokenizer_config.json"
-    special = {t.content for t in added.values() if t.special}
     for t in config.get("additional_special_tokens") or []:
-        if _content(t) not in special:
+        if _content(t) not in special_ids:
             return f"additional special token {_content(t)!r} is not a special added token of tokenizer.json"
     return ""
 
