@@ -61,3 +61,22 @@ def expected_sites(model) -> dict[str, int]:
 def token_batch(batch: int = 2, seq: int = 12, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (batch, seq), generator=g)
+
+
+def assert_trains_alike(ref, opt, loss_at, steps: int = 3) -> None:
+    """`steps` AdamW steps (lr 1e-3) on each model's trainable parameters, `loss_at(model, step)` giving the loss:
+    the reference's loss really changes, and the optimized model's losses equal it within 1e-5 relative."""
+    losses = []
+    for model in (ref, opt):
+        model.train()
+        optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        run = []
+        for step in range(steps):
+            loss = loss_at(model, step)
+            loss.backward()
+            optim.step(), optim.zero_grad()
+            run.append(loss.item())
+        losses.append(run)
+    assert losses[0][0] != losses[0][-1]  # it really trains
+    for a, b in zip(*losses):
+        assert abs(a - b) <= 1e-5 * abs(b)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import models
 import slipstream
 from qwen_tts_env import ensure_qwen_tts
 from slipstream.debug.tolerance import max_rel_error, tolerance
@@ -168,20 +169,8 @@ def test_lora_finetune_steps_match_unoptimized():
     batches = [(torch.randn(2, 7, cfg.hidden_size, generator=g),
                 torch.randint(0, 64, (2, 7), generator=g),
                 torch.randint(0, 64, (14, cfg.num_code_groups), generator=g)) for _ in range(3)]
-    losses = []
-    for model in (ref, opt):
-        model.train()
-        optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        run = []
-        for embeds, labels, codec_ids in batches:
-            loss = _finetune_loss(model, embeds, labels, codec_ids)
-            loss.backward()
-            optim.step(), optim.zero_grad()
-            run.append(loss.item())
-        losses.append(run)
-    assert losses[0][0] != losses[0][2]  # it really trains
-    for a, b in zip(*losses):
-        assert abs(a - b) <= 1e-5 * abs(b)
+    models.assert_trains_alike(ref, opt, lambda model, step: _finetune_loss(model, *batches[step]),
+                               steps=len(batches))
     report = slipstream.report(opt)
     # 7 LoRA linears per layer, 2 layers, in each of the two decoders
     assert report.fused("fuse-lora-linear") == 2 * 2 * 7, slipstream.explain(opt)
