@@ -11,7 +11,6 @@ codec's frame rate: > 1 is faster than real time), and checks both produced iden
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import transformers
@@ -28,16 +27,6 @@ def request(shape: str, device: str) -> dict:
     specials = None if shape == "tiny" else dict(im_start_token_id=151644, im_end_token_id=151645)
     ids, instruct = qwen3_tts.prompt(text, voice, specials)
     return dict(input_ids=[ids.to(device)], instruct_ids=[instruct.to(device)], languages=["english"])
-
-
-def run(model, req: dict, frames: int, device: str) -> tuple[torch.Tensor, float]:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    codes, _ = model.generate(**req, **qwen3_tts.greedy(frames))
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return codes[0].cpu(), time.perf_counter() - start
 
 
 def main() -> None:
@@ -60,13 +49,13 @@ def main() -> None:
     model = slipstream.optimize(qwen3_tts.build(cfg, dtype=dtype, device=args.device))
     req = request(args.shape, args.device)
     for m in (model, reference):  # warm-up: captures prefill/decode variants, fills allocator caches
-        run(m, req, 3, args.device)
+        qwen3_tts.timed_greedy(m, req, 3)
 
     best = {"reference": float("inf"), "slipstream": float("inf")}
     outputs = {}
     for _ in range(args.repeats):
         for name, m in (("reference", reference), ("slipstream", model)):
-            outputs[name], seconds = run(m, req, args.frames, args.device)
+            outputs[name], seconds = qwen3_tts.timed_greedy(m, req, args.frames)
             best[name] = min(best[name], seconds)
     frames = outputs["slipstream"].shape[0]
     fps = {name: frames / s for name, s in best.items()}

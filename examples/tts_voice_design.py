@@ -10,7 +10,6 @@ codes (16 codebooks at 12.5 frames/s on the released model); turning them into a
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import transformers
@@ -40,18 +39,6 @@ def load(checkpoint: str | None, device: str):
     return qwen3_tts.load(checkpoint, device=device), qwen3_tts.load(checkpoint, device=device)
 
 
-def generate(model, request: dict, frames: int, device: str) -> tuple[torch.Tensor, float]:
-    request = {**request, "input_ids": [t.to(device) for t in request["input_ids"]],
-               "instruct_ids": [t.to(device) for t in request["instruct_ids"]]}
-    if device == "cuda":
-        torch.cuda.synchronize()  # time this generate only
-    start = time.perf_counter()
-    codes, _ = model.generate(**request, **qwen3_tts.greedy(frames))
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return codes[0].cpu(), time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="local Qwen3-TTS VoiceDesign checkpoint directory")
@@ -67,10 +54,10 @@ def main() -> None:
     reference, model = load(args.checkpoint, args.device)
     request = request_for(args.checkpoint, args.text, args.voice, args.language)
     slipstream.optimize(model)
-    generate(model, request, 2, args.device)          # first calls capture the graphs (prefill, decode)
-    generate(reference, request, 2, args.device)
-    want, t_ref = generate(reference, request, args.frames, args.device)
-    got, t_opt = generate(model, request, args.frames, args.device)
+    qwen3_tts.timed_greedy(model, request, 2)          # first calls capture the graphs (prefill, decode)
+    qwen3_tts.timed_greedy(reference, request, 2)
+    want, t_ref = qwen3_tts.timed_greedy(reference, request, args.frames)
+    got, t_opt = qwen3_tts.timed_greedy(model, request, args.frames)
 
     print(f"voice: {args.voice!r} · language: {args.language} · {got.shape[0]} frames x {got.shape[1]} codebooks")
     print("reference codes (first 5 frames):\n", want[:5])

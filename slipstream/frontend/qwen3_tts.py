@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -180,6 +181,20 @@ def greedy(frames: int) -> dict:
     """generate() kwargs for `frames` codec frames, greedy in the talker and the code predictor. The first generated
     step is the prompt's last position, which yields no frame: frames + 1 steps give `frames` frames."""
     return dict(do_sample=False, subtalker_dosample=False, max_new_tokens=frames + 1)
+
+
+def timed_greedy(model: nn.Module, request: dict, frames: int) -> tuple[torch.Tensor, float]:
+    """(the first item's codes, on the CPU; seconds) of a greedy generate() of `frames` frames. The request's id
+    tensors move to the model's device first; CUDA is synchronised around the call so the time is its own."""
+    device = next(model.parameters()).device
+    request = {**request, **{k: [t.to(device) for t in request[k]] for k in ("input_ids", "instruct_ids")}}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    codes, _ = model.generate(**request, **greedy(frames))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return codes[0].cpu(), time.perf_counter() - start
 
 
 def prompt(text_ids: list[int], instruct_ids: list[int] | None = None, specials: dict | None = None):
