@@ -4,9 +4,12 @@
     python benchmarks/tts_generate.py --shape 1.7b --device cuda       # released 1.7B shapes, random bf16 weights
 
 Each run generates `--frames` frames greedily (talker + the nested code-predictor generate per frame) for one
-prompt with a voice description and a language; runs alternate between the two models and the best of `--repeats`
-is kept (the machine may be shared). Prints frames/s, the ratio and the real-time factor (frames/s over 12.5, the
-codec's frame rate: > 1 is faster than real time), and checks both produced identical frames.
+prompt with a voice description and a language. Three rows, alternated run by run, best of `--repeats` kept (the
+machine may be shared; on a 2-core VM single runs vary by +-15 %): the unoptimized model, slipstream, and the same
+optimized model with every unit call through torch.compile's wrapper (direct calls off, frontend/direct_call.py;
+that row also pays a dynamo config patch per call, ~5-10 us). Prints frames/s, the ratio and the real-time factor
+(frames/s over 12.5, the codec's frame rate: > 1 is faster than real time), and checks all produced identical
+frames.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import torch
 import transformers
 
 import slipstream
-from slipstream.frontend import qwen3_tts
+from slipstream.frontend import capture, direct_call, qwen3_tts
 
 FRAME_RATE = 12.5  # codec frames per second of audio (12 Hz tokenizer)
 
@@ -36,7 +39,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="default: float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--frames", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
@@ -51,22 +54,27 @@ def main() -> None:
     for m in (model, reference):  # warm-up: captures prefill/decode variants, fills allocator caches
         qwen3_tts.timed_greedy(m, req, 3)
 
-    best = {"reference": float("inf"), "slipstream": float("inf")}
-    outputs = {}
+    names = ("reference", "slipstream", "via torch.compile")
+    best, outputs = dict.fromkeys(names, float("inf")), {}
     for _ in range(args.repeats):
-        for name, m in (("reference", reference), ("slipstream", model)):
+        for name in names:
+            m = reference if name == "reference" else model
+            direct_call.ENABLED = name == "slipstream"  # the third: every unit call through torch.compile's wrapper
             outputs[name], seconds = qwen3_tts.timed_greedy(m, req, args.frames)
             best[name] = min(best[name], seconds)
+    direct_call.ENABLED = True
     frames = outputs["slipstream"].shape[0]
     fps = {name: frames / s for name, s in best.items()}
     device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU, 1 thread"
     print(f"Qwen3-TTS {args.shape} VoiceDesign · {device} · {dtype} · {frames} frames x "
           f"{outputs['slipstream'].shape[1]} codebooks · best of {args.repeats}")
-    for name in ("reference", "slipstream"):
-        print(f"  {name:<10} {fps[name]:8.2f} frames/s  RTF {fps[name] / FRAME_RATE:6.2f}x real time  "
-              f"({best[name]:.3f} s)")
-    print(f"  ratio {fps['slipstream'] / fps['reference']:.3f} · identical frames: "
-          f"{torch.equal(outputs['slipstream'], outputs['reference'])}")
+    for name in names:
+        print(f"  {name:<17} {fps[name]:8.2f} frames/s  RTF {fps[name] / FRAME_RATE:6.2f}x real time  "
+              f"({best[name]:.3f} s)  ratio {fps[name] / fps['reference']:.3f}")
+    print(f"  identical frames: {all(torch.equal(outputs[n], outputs['reference']) for n in names)}")
+    calls = capture.call_counts(model)
+    print(f"  unit calls: {calls['direct']} run directly, {calls['compiled']} through torch.compile "
+          "(captures, warm-up)")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def test_optimize_saves_a_model_transformers_loads_and_dumps_a_repro(checkpoint,
                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert rerun.stdout.startswith(f"slipstream 0.1.0 · pipeline: {PRESETS['default']}\n")
-    assert "@@ weight-times-cast at model.layers.0.input_layernorm: %8 -> %64" in rerun.stdout
+    assert "@@ weight-times-cast at model.layers.0.input_layernorm: %7 -> %61" in rerun.stdout
 
 
 def test_diff_in_a_fresh_process_is_byte_identical_to_the_golden_file(checkpoint):
@@ -79,9 +79,9 @@ def test_diff_verify_and_bisect_name_the_broken_rule(checkpoint, monkeypatch, ca
     assert main(["diff", str(checkpoint), "--verify", "--bisect", "--quiet", "--print-after", "none"]) == 1
     out = capsys.readouterr().out
     assert ("verify: FIRST REGION OUT OF TOLERANCE: fuse-rms-norm:dropped-eps at model.layers.0.input_layernorm "
-            "(graph 0, %8 -> %64)") in out
+            "(graph 0, %7 -> %61)") in out
     assert ("bisect: first drifting rewrite: fuse-rms-norm:dropped-eps at model.layers.0.input_layernorm "
-            "(graph 0, %8 -> %64; application 1 of 3)") in out
+            "(graph 0, %7 -> %61; application 1 of 3)") in out
 
 
 def test_pipeline_print_expands_a_preset_with_every_default(capsys):

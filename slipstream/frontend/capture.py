@@ -8,6 +8,7 @@ graph to run under eager autograd. No Inductor is involved.
 - dynamic=True: one graph serves every batch and sequence length (sizes 0/1 specialise once, e.g. decode).
 - Calls carrying state we cannot hand over per layer (an unknown cache type) use a per-unit entry instead.
 - Hitting dynamo's recompile budget raises instead of silently running unfused code.
+- Calls of a variant already captured skip torch.compile's per-call wrapper (direct_call.py).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from ..context import CURRENT_UNIT
+from .direct_call import DirectEntries
 from .layer_cache import stack_index_attrs, substitute
 
 _ORIGINAL = "_slipstream_original_forward"
@@ -47,8 +49,9 @@ def annotate(gm: GraphModule, unit_path: str) -> None:
         node.meta["slipstream_unit"] = unit_path
 
 
-def _compiled_entry(call: Callable, on_graph: GraphHook) -> Callable:
-    """torch.compile over a fresh copy of `entry` (dynamo keeps its cache per code object)."""
+def _compiled_entry(call: Callable, on_graph: GraphHook) -> DirectEntries:
+    """torch.compile over a fresh copy of `entry` (dynamo keeps its cache per code object), called through
+    DirectEntries so that calls matching a captured variant skip torch.compile's per-call wrapper."""
     def entry(*args, **kwargs):
         return call(*args, **kwargs)
     code = entry.__code__.replace()
@@ -59,7 +62,7 @@ def _compiled_entry(call: Callable, on_graph: GraphHook) -> Callable:
         annotate(gm, unit)
         return on_graph(unit, gm)
 
-    return torch.compile(fresh, backend=backend, dynamic=True)
+    return DirectEntries(torch.compile(fresh, backend=backend, dynamic=True), fresh)
 
 
 def install_group(units: list[tuple[str, nn.Module]], on_graph: GraphHook) -> None:
@@ -97,8 +100,17 @@ def _install_dispatcher(path: str, module: nn.Module, index: int, shared: Callab
             CURRENT_UNIT.reset(token)
 
     functools.update_wrapper(forward, module.forward)
+    forward.slipstream_entries = lambda: [shared, *own]  # type: ignore[attr-defined]
     setattr(module, _ORIGINAL, module.__dict__.get("forward"))
     module.forward = forward
+
+
+def call_counts(model: nn.Module) -> dict[str, int]:
+    """How the captured units' calls were served so far: `direct` (DirectEntries ran a captured variant) and
+    `compiled` (through torch.compile: first calls of a variant, stances, tracing, graph breaks)."""
+    entries = {id(e): e for m in model.modules() if hasattr(m, _ORIGINAL)
+               for e in m.forward.slipstream_entries()}.values()
+    return {"direct": sum(e.direct_calls for e in entries), "compiled": sum(e.compiled_calls for e in entries)}
 
 
 def uninstall(module: nn.Module) -> bool:

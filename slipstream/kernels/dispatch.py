@@ -35,7 +35,8 @@ _force_lock = threading.Lock()
 
 
 def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in _TRUE
+    value = os.environ.get(name)  # runs per op call on CPU: the common unset case returns before any string work
+    return value is not None and value.strip().lower() in _TRUE
 
 
 @contextlib.contextmanager

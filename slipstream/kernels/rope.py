@@ -31,23 +31,25 @@ def _check(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> None:
         )
 
 
-def _rotate_reference(x: Tensor, cos: Tensor, sin: Tensor, backward: bool) -> Tensor:
-    r = cos.shape[-1]
-    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
-    x_rot, x_pass = x[..., :r], x[..., r:]
+def _rotate_reference(x: Tensor, c: Tensor, s: Tensor, backward: bool) -> Tensor:
+    """c, s: cos/sin already [B or 1, 1, S, R]. Few view ops: on CPU decode each costs as much as the math."""
+    r = c.shape[-1]
+    h = r // 2
+    full = r == x.shape[-1]
+    x_rot = x if full else x[..., :r]
     if not backward:
-        x1, x2 = x_rot.chunk(2, -1)
-        y = x_rot * c + torch.cat((-x2, x1), -1) * s  # HF: q * cos + rotate_half(q) * sin
+        y = x_rot * c + torch.cat((-x_rot[..., h:], x_rot[..., :h]), -1) * s  # HF: q * cos + rotate_half(q) * sin
     else:
-        gs1, gs2 = (x_rot * s).chunk(2, -1)
-        y = x_rot * c + torch.cat((gs2, -gs1), -1)  # eager autograd: rotate_half's transpose of grad * sin
-    if x_pass.shape[-1] == 0:  # full rotary: no concatenation (a copy per call)
+        gs = x_rot * s
+        y = x_rot * c + torch.cat((gs[..., h:], -gs[..., :h]), -1)  # eager autograd: rotate_half's transpose
+    if full:  # no concatenation (a copy per call)
         return y.contiguous()
-    return torch.cat((y, x_pass), -1).contiguous()
+    return torch.cat((y, x[..., r:]), -1).contiguous()
 
 
 def rope_reference(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, backward: bool = False) -> tuple[Tensor, Tensor]:
-    return _rotate_reference(q, cos, sin, backward), _rotate_reference(k, cos, sin, backward)
+    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+    return _rotate_reference(q, c, s, backward), _rotate_reference(k, c, s, backward)
 
 
 def _apply(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, backward: bool) -> tuple[Tensor, Tensor]:

@@ -98,7 +98,7 @@ class FuseRope(Pass):
         anchor = first.prev
         with graph.inserting_before(first):
             xs = [_to_bhsd(graph, m["x"], heads_dim) for _, m in pair]
-            c, s = (graph.call_method("squeeze", (t, heads_dim)) for t in (cos, sin))
+            c, s = (_without_heads_dim(graph, t, heads_dim) for t in (cos, sin))
             q, k = (xs[0], xs[1]) if len(xs) == 2 else (xs[0], xs[0])
             both = graph.call_function(torch.ops.slipstream.rope.default, (q, k, c, s))
             outs = [_to_bhsd(graph, graph.call_function(operator.getitem, (both, i)), heads_dim) for i in range(len(pair))]
@@ -106,6 +106,18 @@ class FuseRope(Pass):
         tag_new_nodes(anchor, first, f"{self.name}:{label}", module_path(first))
         for (rule, m), out in zip(pair, outs):
             commit(graph, m, out, rule.name, stats)
+        for t in (cos, sin):
+            if t not in (c, s) and not t.users:  # the unsqueeze bypassed above, now unused
+                stats.rewrites[-1].matched.append(t)  # shown as removed in the graph diff
+                graph.erase_node(t)
+
+
+def _without_heads_dim(graph: Graph, t: Node, heads_dim: int) -> Node:
+    """cos/sin as [b, s, r]: the tensor the model unsqueezed (HF's `cos.unsqueeze(1)`) when it did, else a squeeze."""
+    v = view(t)
+    if v is not None and v.name == "unsqueeze" and v.params["dim"] % 4 == heads_dim:
+        return v.inputs[0]
+    return graph.call_method("squeeze", (t, heads_dim))
 
 
 def _to_bhsd(graph: Graph, x: Node, heads_dim: int) -> Node:

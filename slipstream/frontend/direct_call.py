@@ -1,0 +1,100 @@
+"""Calling a captured unit without torch.compile's per-call machinery.
+
+For each compiled code object dynamo keeps a list of cache entries, each a guard manager and the transformed
+code that feeds the rewritten graph its inputs and replays the frame's side effects (the KV cache's attribute
+writes). A call through torch.compile's wrapper installs the frame-evaluation hook, evaluates the entries'
+guards in C++ and runs the first entry that passes. Measured on a 2-core CPU (torch 2.13), the wrapper and the
+hook cost about 100 us per call: more than a tiny decoder layer's whole decode step on the reference path.
+
+`DirectEntries` makes the same choice itself: it evaluates each entry's own guard manager, in dynamo's order, on
+the call's locals and runs the first passing entry's transformed code as a plain function. Same guards, same
+code, same result. Everything else goes through torch.compile exactly as before:
+- a call no entry accepts (dynamo then compiles a new entry, which later calls find);
+- an entry that calls into the traced code itself after a graph break (those frames need the hook);
+- calls while dynamo traces (a user's torch.compile around the model, export) or under a non-default stance
+  (`torch.compiler.set_stance("force_eager")` must still force eager);
+- torch versions whose cache entries lack these internals (checked once, then always the wrapper), and
+  `SLIPSTREAM_DIRECT_CALLS=0` in the environment (the escape hatch should a torch release change them).
+"""
+from __future__ import annotations
+
+import dis
+import os
+import types
+from typing import Any, Callable
+
+import torch
+
+try:  # private dynamo internals: present from torch 2.6 (guard_manager on cache entries) to 2.13 at least
+    from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list as _cache_entries
+    from torch._dynamo import eval_frame as _eval_frame
+    _SUPPORTED = hasattr(_eval_frame, "_stance")
+except ImportError:  # pragma: no cover - depends on the torch build
+    _cache_entries, _eval_frame, _SUPPORTED = None, None, False
+
+# The escape hatch (SLIPSTREAM_DIRECT_CALLS=0: every call through torch.compile), also set by benchmarks to compare.
+ENABLED = os.environ.get("SLIPSTREAM_DIRECT_CALLS", "1").strip() != "0"
+
+# Compile-time setting for every capture: Python floats in a unit (norm eps, scales) become constants guarded
+# on their value instead of 0-d tensor inputs built per call (torch.as_tensor + .item(), ~10 us each).
+_COMPILE_CONFIG = {"specialize_float": True}
+
+
+class DirectEntries:
+    """Callable like `compiled` (torch.compile of `function(*args, **kwargs)`); counts how calls were served."""
+
+    def __init__(self, compiled: Callable, function: types.FunctionType):
+        code = function.__code__
+        if code.co_varnames[:2] != ("args", "kwargs") or code.co_argcount or code.co_kwonlyargcount:
+            raise ValueError("DirectEntries wraps a function of (*args, **kwargs) only")
+        self._compiled, self._code, self._function = compiled, code, function
+        cells = function.__closure__ or ()
+        self._closure = dict(zip(code.co_freevars, (c.cell_contents for c in cells)))
+        # keyed by id(): hashing a code object hashes its bytecode and constants (~100 us for a layer's).
+        # The code object is kept in the value, so the id stays its own.
+        self._runners: dict[int, tuple[types.CodeType, Callable | None]] = {}
+        self._last: types.CodeType | None = None  # the entry the previous direct call ran: checked first
+        self.direct_calls = 0
+        self.compiled_calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if ENABLED and _SUPPORTED and _eval_frame._stance.stance == "default" and not torch.compiler.is_compiling():
+            frame_locals = {"args": args, "kwargs": kwargs, **self._closure}
+            entries = _cache_entries(self._code)
+            # Any entry whose guards pass is valid for the call; dynamo takes the most recently used one, and so
+            # do we (generation alternates a few variants; a failing check still costs up to ~20 us).
+            entries.sort(key=lambda e: e.code is not self._last)
+            for entry in entries:
+                if entry.guard_manager.check(frame_locals):
+                    runner = self._runner(entry.code)
+                    if runner is None:
+                        break  # it needs the hook: let dynamo run it
+                    self._last = entry.code
+                    self.direct_calls += 1
+                    return runner(*args, **kwargs)
+        self.compiled_calls += 1
+        with torch._dynamo.config.patch(_COMPILE_CONFIG):
+            return self._compiled(*args, **kwargs)
+
+    def _runner(self, code: types.CodeType) -> Callable | None:
+        known = self._runners.get(id(code))
+        if known is None:
+            f = self._function
+            known = self._runners[id(code)] = (code, types.FunctionType(
+                code, f.__globals__, f.__name__, f.__defaults__, f.__closure__) if _self_contained(code) else None)
+        return known[1]
+
+
+def _self_contained(code: types.CodeType) -> bool:
+    """Whether transformed code runs one captured graph and replays its side effects without calling the traced
+    function's own code. After a graph break it calls that code (the wrapped `call`, or a resume function), whose
+    frames the hook would capture in turn: run without the hook they would run unfused."""
+    names = code.co_names
+    if not any(n.startswith("__compiled_fn") for n in names) or any(n.startswith("__resume_at") for n in names):
+        return False
+    return not any(i.opname in ("LOAD_DEREF", "LOAD_CLOSURE") for i in dis.get_instructions(code))
+
+
+def supported() -> bool:
+    """Whether this torch exposes what direct calls need (else every call goes through torch.compile)."""
+    return _SUPPORTED
