@@ -21,6 +21,7 @@ from __future__ import annotations
 import dis
 import os
 import types
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -59,22 +60,29 @@ class DirectEntries:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if ENABLED and _SUPPORTED and _eval_frame._stance.stance == "default" and not torch.compiler.is_compiling():
-            frame_locals = {"args": args, "kwargs": kwargs, **self._closure}
+            runner = self._find(args, kwargs)
+            if runner is not None:
+                self.direct_calls += 1
+                return runner(*args, **kwargs)
+        self.compiled_calls += 1
+        with torch._dynamo.config.patch(_COMPILE_CONFIG):
+            return self._compiled(*args, **kwargs)
+
+    def _find(self, args: tuple, kwargs: dict) -> Callable | None:
+        """The transformed code of the first entry whose guards pass, or None (then torch.compile decides)."""
+        frame_locals = {"args": args, "kwargs": kwargs, **self._closure}
+        try:
             entries = _cache_entries(self._code)
             # Any entry whose guards pass is valid for the call; dynamo takes the most recently used one, and so
             # do we (generation alternates a few variants; a failing check still costs up to ~20 us).
             entries.sort(key=lambda e: e.code is not self._last)
             for entry in entries:
                 if entry.guard_manager.check(frame_locals):
-                    runner = self._runner(entry.code)
-                    if runner is None:
-                        break  # it needs the hook: let dynamo run it
                     self._last = entry.code
-                    self.direct_calls += 1
-                    return runner(*args, **kwargs)
-        self.compiled_calls += 1
-        with torch._dynamo.config.patch(_COMPILE_CONFIG):
-            return self._compiled(*args, **kwargs)
+                    return self._runner(entry.code)  # None: it needs the hook, so dynamo runs it
+        except (AttributeError, TypeError) as error:  # internals of another torch: never guess, stop trying
+            _unsupported(error)
+        return None
 
     def _runner(self, code: types.CodeType) -> Callable | None:
         known = self._runners.get(id(code))
@@ -93,6 +101,14 @@ def _self_contained(code: types.CodeType) -> bool:
     if not any(n.startswith("__compiled_fn") for n in names) or any(n.startswith("__resume_at") for n in names):
         return False
     return not any(i.opname in ("LOAD_DEREF", "LOAD_CLOSURE") for i in dis.get_instructions(code))
+
+
+def _unsupported(error: Exception) -> None:
+    global _SUPPORTED
+    _SUPPORTED = False
+    warnings.warn(f"slipstream: this torch ({torch.__version__}) does not expose dynamo's cache entries as expected "
+                  f"({type(error).__name__}: {error}); captured units now run through torch.compile's wrapper on "
+                  "every call (correct, ~100 us slower per call)", RuntimeWarning, stacklevel=3)
 
 
 def supported() -> bool:

@@ -131,3 +131,31 @@ def test_user_torch_compile_around_an_optimized_model():
     with torch.no_grad():
         out = torch.compile(opt, backend="eager")(ids).logits
     torch.testing.assert_close(out, ref(ids).logits, rtol=0, atol=0)
+
+
+def test_unexpected_internals_fall_back_with_a_warning(monkeypatch):
+    monkeypatch.setattr(direct_call, "_SUPPORTED", direct_call._SUPPORTED)  # restored after the test
+    ref, opt = _pair()
+    ids = models.token_batch()
+    with torch.no_grad():
+        opt(ids)
+        monkeypatch.setattr(direct_call, "_cache_entries", lambda code: [object()])  # entries of another shape
+        before = capture.call_counts(opt)
+        with pytest.warns(RuntimeWarning, match="does not expose dynamo's cache entries"):
+            out = opt(ids).logits
+        after = capture.call_counts(opt)
+    assert not direct_call.supported()
+    torch.testing.assert_close(out, ref(ids).logits, rtol=0, atol=0)
+    assert after["direct"] == before["direct"] and after["compiled"] > before["compiled"]
+
+
+def test_escape_hatch_turns_direct_calls_off(monkeypatch):
+    _, opt = _pair()
+    ids = models.token_batch()
+    monkeypatch.setattr(direct_call, "ENABLED", False)               # what SLIPSTREAM_DIRECT_CALLS=0 sets
+    with torch.no_grad():
+        opt(ids)
+        before = capture.call_counts(opt)
+        opt(ids)
+    after = capture.call_counts(opt)
+    assert after["direct"] == before["direct"] and after["compiled"] > before["compiled"]
