@@ -6,9 +6,9 @@ writes). A call through torch.compile's wrapper installs the frame-evaluation ho
 guards in C++ and runs the first entry that passes. Measured on a 2-core CPU (torch 2.13), the wrapper and the
 hook cost about 100 us per call: more than a tiny decoder layer's whole decode step on the reference path.
 
-`DirectEntries` makes the same choice itself: it evaluates each entry's own guard manager, in dynamo's order, on
-the call's locals and runs the first passing entry's transformed code as a plain function. Same guards, same
-code, same result. Everything else goes through torch.compile exactly as before:
+`DirectEntries` makes the same choice itself: it evaluates each entry's own guard manager on the call's locals,
+the most recently used entry first as dynamo does, and runs the first passing entry's transformed code as a plain
+function. Same guards, same code, same result. Everything else goes through torch.compile exactly as before:
 - a call no entry accepts (dynamo then compiles a new entry, which later calls find);
 - an entry that calls into the traced code itself after a graph break (those frames need the hook);
 - calls while dynamo traces (a user's torch.compile around the model, export) or under a non-default stance
