@@ -29,6 +29,10 @@ _ORIGINAL = "_slipstream_original_forward"
 _ROOT = re.compile(r"^L\[[^\]]*\](?:\[\d+\])?(?:\.__self__)?")
 _DICT_KEY = re.compile(r"(?:\._modules)?\[['\"]([^'\"]+)['\"]\]")
 
+# Scoped to our captures (the user's own torch.compile is untouched): Python floats in a unit (norm eps, scales)
+# become constants guarded on their value instead of 0-d tensor inputs built per call (as_tensor + .item(), ~10 us).
+_CAPTURE_CONFIG = {"specialize_float": True}
+
 GraphHook = Callable[[str, GraphModule], Callable]  # (unit path, graph) -> the callable that runs it
 
 
@@ -62,7 +66,12 @@ def _compiled_entry(call: Callable, on_graph: GraphHook) -> DirectEntries:
         annotate(gm, unit)
         return on_graph(unit, gm)
 
-    return DirectEntries(torch.compile(fresh, backend=backend, dynamic=True), fresh)
+    compiled = torch.compile(fresh, backend=backend, dynamic=True)
+
+    def compile_or_run(*args, **kwargs):  # dynamo reads the config when it traces, inside this call
+        with torch._dynamo.config.patch(_CAPTURE_CONFIG):
+            return compiled(*args, **kwargs)
+    return DirectEntries(compile_or_run, fresh)
 
 
 def install_group(units: list[tuple[str, nn.Module]], on_graph: GraphHook) -> None:

@@ -36,13 +36,10 @@ except ImportError:  # pragma: no cover - depends on the torch build
 # The escape hatch (SLIPSTREAM_DIRECT_CALLS=0: every call through torch.compile), also set by benchmarks to compare.
 ENABLED = os.environ.get("SLIPSTREAM_DIRECT_CALLS", "1").strip() != "0"
 
-# Compile-time setting for every capture: Python floats in a unit (norm eps, scales) become constants guarded
-# on their value instead of 0-d tensor inputs built per call (torch.as_tensor + .item(), ~10 us each).
-_COMPILE_CONFIG = {"specialize_float": True}
-
 
 class DirectEntries:
-    """Callable like `compiled` (torch.compile of `function(*args, **kwargs)`); counts how calls were served."""
+    """Callable like `compiled` (torch.compile of `function(*args, **kwargs)`, possibly wrapped, e.g. in a config
+    patch); counts how calls were served."""
 
     def __init__(self, compiled: Callable, function: types.FunctionType):
         code = function.__code__
@@ -65,8 +62,7 @@ class DirectEntries:
                 self.direct_calls += 1
                 return runner(*args, **kwargs)
         self.compiled_calls += 1
-        with torch._dynamo.config.patch(_COMPILE_CONFIG):
-            return self._compiled(*args, **kwargs)
+        return self._compiled(*args, **kwargs)
 
     def _find(self, args: tuple, kwargs: dict) -> Callable | None:
         """The transformed code of the first entry whose guards pass, or None (then torch.compile decides)."""
