@@ -28,10 +28,15 @@ import torch
 
 try:  # private dynamo internals: present from torch 2.6 (guard_manager on cache entries) to 2.13 at least
     from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list as _cache_entries
+    from torch._C._dynamo.eval_frame import get_eval_frame_callback as _frame_callback
     from torch._dynamo import eval_frame as _eval_frame
     _SUPPORTED = hasattr(_eval_frame, "_stance")
 except ImportError:  # pragma: no cover - depends on the torch build
-    _cache_entries, _eval_frame, _SUPPORTED = None, None, False
+    _cache_entries, _frame_callback, _eval_frame, _SUPPORTED = None, None, None, False
+
+# torch-internal helpers are wrapped by `torch._disable_dynamo`, which disables lazily; its wrappers share this code
+_LAZY_DISABLE_CODE = getattr(getattr(torch._compile, "_disable_dynamo", None), "__code__", None) and \
+    torch._compile._disable_dynamo(lambda: None).__code__
 
 # The escape hatch (SLIPSTREAM_DIRECT_CALLS=0: every call through torch.compile), also set by benchmarks to compare.
 ENABLED = os.environ.get("SLIPSTREAM_DIRECT_CALLS", "1").strip() != "0"
@@ -56,7 +61,8 @@ class DirectEntries:
         self.compiled_calls = 0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if ENABLED and _SUPPORTED and _eval_frame._stance.stance == "default" and not torch.compiler.is_compiling():
+        if (ENABLED and _SUPPORTED and _eval_frame._stance.stance == "default" and _frame_callback() is None
+                and not torch.compiler.is_compiling()):
             runner = self._find(args, kwargs)
             if runner is not None:
                 self.direct_calls += 1
@@ -85,7 +91,8 @@ class DirectEntries:
         if known is None:
             f = self._function
             known = self._runners[id(code)] = (code, types.FunctionType(
-                code, f.__globals__, f.__name__, f.__defaults__, f.__closure__) if _self_contained(code) else None)
+                code, _unwrapped_globals(code, f.__globals__), f.__name__, f.__defaults__, f.__closure__)
+                if _self_contained(code) else None)
         return known[1]
 
 
@@ -97,6 +104,33 @@ def _self_contained(code: types.CodeType) -> bool:
     if not any(n.startswith("__compiled_fn") for n in names) or any(n.startswith("__resume_at") for n in names):
         return False
     return not any(i.opname in ("LOAD_DEREF", "LOAD_CLOSURE") for i in dis.get_instructions(code))
+
+
+def _unwrapped(value: Any) -> Any:
+    """`value` without dynamo's disable wrappers. Such a wrapper sets the frame-evaluation callback to None
+    around the call (so dynamo never traces into it) and restores it; direct calls run only when no callback is
+    installed, where the wrapper does nothing but cost ~5 us."""
+    while getattr(value, "__wrapped__", None) is not None and (
+            getattr(value, "_torchdynamo_disable", False)
+            or getattr(value, "__code__", None) is _LAZY_DISABLE_CODE):
+        value = value.__wrapped__
+    return value
+
+
+def _unwrapped_globals(code: types.CodeType, module_globals: dict) -> dict:
+    """The globals transformed code reads (dynamo's `__compiled_fn_*` and `__import_*` names), with disable
+    wrappers removed, also from the attributes it reads off an imported module (`torch._dynamo.utils` helpers)."""
+    names = set(code.co_names)
+    out = {"__builtins__": module_globals["__builtins__"]}
+    for name in names & module_globals.keys():
+        value = module_globals[name]
+        if isinstance(value, types.ModuleType):
+            attrs = {a: getattr(value, a) for a in names if hasattr(value, a)}
+            plain = {a: _unwrapped(v) for a, v in attrs.items()}
+            if any(plain[a] is not attrs[a] for a in attrs):
+                value = types.SimpleNamespace(**plain)
+        out[name] = _unwrapped(value)
+    return out
 
 
 def _unsupported(error: Exception) -> None:

@@ -59,23 +59,29 @@ def stack_index_attrs(stack: list[nn.Module]) -> bool:
 
 def substitute(args: tuple, kwargs: dict, index: int, view: bool) -> tuple[tuple, dict, bool]:
     """With `view`, replace a viewable cache argument by its layer view; returns (args, kwargs, stateful), where
-    stateful means an argument remains that is not plain data (tensors, numbers, strings, containers of them)."""
+    stateful means an argument remains that is not plain data (tensors, numbers, strings, containers of them).
+    Runs on every layer call, so the common arguments (tensors, numbers, None) pass an exact-type check only."""
     stateful = False
 
     def swap(value: Any) -> Any:
         nonlocal stateful
-        if _plain(value):  # most arguments: tensors, numbers, None
+        if _plain(value):
             return value
         if view and viewable(value):
             return LayerCacheView(value, index)
         stateful = True
         return value
 
-    return tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()}, stateful
+    if not all(type(a) in _ATOMS for a in args):
+        args = tuple(a if type(a) in _ATOMS else swap(a) for a in args)
+    return args, {k: v if type(v) in _ATOMS else swap(v) for k, v in kwargs.items()}, stateful
+
+
+_ATOMS = frozenset({type(None), bool, int, float, str, torch.Tensor, nn.Parameter, torch.dtype, torch.device})
 
 
 def _plain(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor, torch.dtype, torch.device)):
+    if type(value) in _ATOMS or isinstance(value, (bool, int, float, str, torch.Tensor, torch.dtype, torch.device)):
         return True
     if isinstance(value, (tuple, list)):
         return all(_plain(v) for v in value)

@@ -28,12 +28,16 @@ def out_dtype(x: Tensor, weight: Tensor, cast_first: bool) -> torch.dtype:
 
 
 def rms_norm_reference(x: Tensor, weight: Tensor, eps: float, offset: float, cast_first: bool) -> Tensor:
-    """The PyTorch implementation, op for op what the HF modules do."""
-    xf = x.float()
-    n = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    """The PyTorch implementation: the HF modules' ops and roundings, minus their no-op casts and with temporaries
+    reused in place (same values; on a CPU decode step each op call costs more than its math)."""
+    xf = x if x.dtype == torch.float32 else x.float()
+    n = xf * xf.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
     if cast_first:
-        return (weight + offset if offset else weight) * n.to(x.dtype)  # no `+ 0.0` op when there is no offset
-    return (n * (weight.float() + offset)).to(x.dtype)
+        if n.dtype != x.dtype:
+            n = n.to(x.dtype)
+        w = weight + offset if offset else weight  # no `+ 0.0` op when there is no offset
+        return n.mul_(w) if w.dtype == n.dtype else w * n  # one rounded product either way
+    return n.mul_(weight.float() + offset).to(x.dtype)
 
 
 def rms_norm_backward_reference(

@@ -1,6 +1,8 @@
 """Calls of captured variants run dynamo's cache entries directly; everything else goes through torch.compile."""
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -159,3 +161,55 @@ def test_escape_hatch_turns_direct_calls_off(monkeypatch):
         opt(ids)
     after = capture.call_counts(opt)
     assert after["direct"] == before["direct"] and after["compiled"] > before["compiled"]
+
+
+class _Writer(torch.nn.Module):
+    """A parameter and a side effect on itself, as a decoder layer has with its KV cache."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.randn(5))
+        self.last = None
+
+    def forward(self, x):
+        self.last = torch.sin(x)
+        return self.last * self.scale
+
+
+def test_direct_runs_skip_dynamos_disable_wrappers():
+    # With no frame-evaluation callback installed a disable wrapper only sets the callback to None around the call:
+    # the runner's globals hold what is under the wrappers (the graph's callable, torch._dynamo.utils' helpers).
+    module, backends = _Writer(), []
+
+    def on_graph(unit, gm):
+        def run(*args):
+            return gm(*args)
+        backends.append(run)
+        return run
+
+    entries = capture._compiled_entry(type(module).forward, on_graph)
+    for _ in range(2):
+        x = torch.randn(4, 5)
+        torch.testing.assert_close(entries(module, x), torch.sin(x) * module.scale)
+        torch.testing.assert_close(module.last, torch.sin(x), rtol=0, atol=0)
+    assert entries.direct_calls == 1
+    (runner,) = [fn for _, fn in entries._runners.values() if fn is not None]
+    values = list(runner.__globals__.values())
+    assert backends[0] in values
+    helpers = [v for ns in values if isinstance(ns, types.SimpleNamespace)
+               for v in vars(ns).values()]
+    assert helpers  # the pre-graph bytecode recorders at least
+    for value in values + helpers:
+        assert not getattr(value, "_torchdynamo_disable", False)
+        assert getattr(value, "__code__", None) is not direct_call._LAZY_DISABLE_CODE
+
+
+def test_calls_under_an_active_frame_callback_go_through_torch_compile(monkeypatch):
+    # Inside a region dynamo is evaluating (a resumed frame of a user's torch.compile), dynamo must see the call.
+    module = _Writer()
+    entries = capture._compiled_entry(type(module).forward, lambda unit, gm: gm.forward)
+    x = torch.randn(4, 5)
+    entries(module, x)
+    monkeypatch.setattr(direct_call, "_frame_callback", lambda: object())
+    torch.testing.assert_close(entries(module, x), torch.sin(x) * module.scale)
+    assert (entries.compiled_calls, entries.direct_calls) == (2, 0)

@@ -87,7 +87,7 @@ def test_rms_norm_frozen_weight(impl):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_reference_matches_hf(dtype):
-    """The CPU path is op-for-op HF eager: equal within the fp32 tolerance, and bit-equal in bf16."""
+    """The CPU path computes what HF eager computes, rounding for rounding: bit-equal in every dtype."""
     from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
@@ -100,9 +100,7 @@ def test_reference_matches_hf(dtype):
         theirs = llama(x), gemma(x)
     for a, b in zip(ours, theirs):
         assert a.dtype == b.dtype
-        if dtype == torch.bfloat16:
-            assert torch.equal(a, b)
-        assert_close(a, b, dtype)
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -141,3 +139,17 @@ def test_compile_and_export():
     out = torch.compile(Norm(), backend="aot_eager", fullgraph=True)(xg, wg)
     expected_grads = grads(Norm()(xg, wg), [xg, wg], torch.ones_like(out))
     torch.testing.assert_close(grads(out, [xg, wg], torch.ones_like(out)), expected_grads)
+
+
+def test_reference_matches_hf_fp16_and_mixed_weight():
+    """fp16 input, and a bf16 input with an fp32 weight (HF then returns fp32): still bit-equal."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    for x_dtype, w_dtype in ((torch.float16, torch.float16), (torch.bfloat16, torch.float32)):
+        x = randn(2, 3, 97, dtype=x_dtype)
+        llama = LlamaRMSNorm(97, eps=EPS).to(w_dtype)
+        with torch.no_grad():
+            llama.weight.copy_(_weight(97, 0.0, w_dtype))
+            ours, theirs = rms_norm(x, llama.weight, EPS, 0.0, True), llama(x)
+        assert ours.dtype == theirs.dtype == w_dtype
+        assert torch.equal(ours, theirs)
