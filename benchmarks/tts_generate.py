@@ -4,16 +4,18 @@
     python benchmarks/tts_generate.py --shape 1.7b --device cuda       # released 1.7B shapes, random bf16 weights
 
 Each run generates `--frames` frames greedily (talker + the nested code-predictor generate per frame) for one
-prompt with a voice description and a language. Three rows, alternated run by run, best of `--repeats` kept (the
-machine may be shared; on a 2-core VM single runs vary by +-15 %): the unoptimized model, slipstream, and the same
-optimized model with every unit call through torch.compile's wrapper (direct calls off, frontend/direct_call.py;
-that row also pays a dynamo config patch per call, ~5-10 us). Prints frames/s, the ratio and the real-time factor
-(frames/s over 12.5, the codec's frame rate: > 1 is faster than real time), and checks all produced identical
+prompt with a voice description and a language. Three rows, alternated run by run: the unoptimized model,
+slipstream, and the same optimized model with every unit call through torch.compile's wrapper (direct calls off,
+frontend/direct_call.py; that row also pays a dynamo config patch per call, ~5-10 us). Prints frames/s (best of
+`--repeats`), the real-time factor (frames/s over 12.5, the codec's frame rate: > 1 is faster than real time), two
+ratios (of the best times, and "paired": the median over repeats of each repeat's own ratio, which only compares
+runs made back to back; on a shared 2-core VM single runs vary by +-15 %), and checks all produced identical
 frames.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 import transformers
@@ -55,22 +57,27 @@ def main() -> None:
         qwen3_tts.timed_greedy(m, req, 3)
 
     names = ("reference", "slipstream", "via torch.compile")
-    best, outputs = dict.fromkeys(names, float("inf")), {}
+    times, outputs = {name: [] for name in names}, {}
     for _ in range(args.repeats):
         for name in names:
             m = reference if name == "reference" else model
             direct_call.ENABLED = name == "slipstream"  # the third: every unit call through torch.compile's wrapper
             outputs[name], seconds = qwen3_tts.timed_greedy(m, req, args.frames)
-            best[name] = min(best[name], seconds)
+            times[name].append(seconds)
     direct_call.ENABLED = True
+    best = {name: min(t) for name, t in times.items()}
+    # each repeat runs the rows back to back: its ratios see the same machine state, so their median is robust to
+    # the drift that moves single runs by +-15 % here
+    paired = {name: statistics.median(r / t for r, t in zip(times["reference"], times[name])) for name in names}
     frames = outputs["slipstream"].shape[0]
     fps = {name: frames / s for name, s in best.items()}
     device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU, 1 thread"
     print(f"Qwen3-TTS {args.shape} VoiceDesign · {device} · {dtype} · {frames} frames x "
-          f"{outputs['slipstream'].shape[1]} codebooks · best of {args.repeats}")
+          f"{outputs['slipstream'].shape[1]} codebooks · best of {args.repeats} (ratio: of the bests; paired: "
+          "median over repeats of each repeat's ratio)")
     for name in names:
         print(f"  {name:<17} {fps[name]:8.2f} frames/s  RTF {fps[name] / FRAME_RATE:6.2f}x real time  "
-              f"({best[name]:.3f} s)  ratio {fps[name] / fps['reference']:.3f}")
+              f"({best[name]:.3f} s)  ratio {fps[name] / fps['reference']:.3f}  paired {paired[name]:.3f}")
     print(f"  identical frames: {all(torch.equal(outputs[n], outputs['reference']) for n in names)}")
     calls = capture.call_counts(model)
     print(f"  unit calls: {calls['direct']} run directly, {calls['compiled']} through torch.compile "

@@ -8,10 +8,13 @@ hook cost about 100 us per call: more than a tiny decoder layer's whole decode s
 
 `DirectEntries` makes the same choice itself: it evaluates each entry's own guard manager on the call's locals,
 the most recently used entry first as dynamo does, and runs the first passing entry's transformed code as a plain
-function. Same guards, same code, same result. Everything else goes through torch.compile exactly as before:
+function. Same guards, same code, same result (minus dynamo's disable wrappers around the graph and helpers
+that code calls: with no frame-evaluation callback installed they do nothing but cost time). Everything else goes
+through torch.compile exactly as before:
 - a call no entry accepts (dynamo then compiles a new entry, which later calls find);
 - an entry that calls into the traced code itself after a graph break (those frames need the hook);
-- calls while dynamo traces (a user's torch.compile around the model, export) or under a non-default stance
+- calls while dynamo traces (a user's torch.compile around the model, export) or while a frame-evaluation
+  callback is installed (a resumed frame of a compiled function), or under a non-default stance
   (`torch.compiler.set_stance("force_eager")` must still force eager);
 - torch versions whose cache entries lack these internals (checked once, then always the wrapper), and
   `SLIPSTREAM_DIRECT_CALLS=0` in the environment (the escape hatch should a torch release change them).
