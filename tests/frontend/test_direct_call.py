@@ -15,6 +15,19 @@ def _pair(family: str = "llama"):
     return models.build(family), slipstream.optimize(models.build(family))
 
 
+class _Writer(torch.nn.Module):
+    """A parameter and a side effect on itself, as a decoder layer has with its KV cache."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.randn(5))
+        self.last = None
+
+    def forward(self, x):
+        self.last = torch.sin(x)                                  # a side effect dynamo replays
+        return self.last * self.scale
+
+
 def test_this_torch_supports_direct_calls():
     # The CI torch must take the fast path; on a torch without the internals every call would be "compiled".
     assert direct_call.supported()
@@ -98,17 +111,7 @@ def test_entry_resuming_after_a_graph_break_goes_through_torch_compile():
 
 
 def test_graph_without_break_runs_directly_with_the_same_result():
-    class Plain(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.scale = torch.nn.Parameter(torch.randn(5))
-            self.last = None
-
-        def forward(self, x):
-            self.last = torch.sin(x)                              # a side effect dynamo replays (as a KV cache's)
-            return self.last * self.scale
-
-    module = Plain()
+    module = _Writer()
     graphs = []
     entries = capture._compiled_entry(type(module).forward, lambda unit, gm: graphs.append(gm) or gm.forward)
     for _ in range(3):
@@ -161,19 +164,6 @@ def test_escape_hatch_turns_direct_calls_off(monkeypatch):
         opt(ids)
     after = capture.call_counts(opt)
     assert after["direct"] == before["direct"] and after["compiled"] > before["compiled"]
-
-
-class _Writer(torch.nn.Module):
-    """A parameter and a side effect on itself, as a decoder layer has with its KV cache."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.randn(5))
-        self.last = None
-
-    def forward(self, x):
-        self.last = torch.sin(x)
-        return self.last * self.scale
 
 
 def test_direct_runs_skip_dynamos_disable_wrappers():
