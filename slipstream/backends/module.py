@@ -20,7 +20,7 @@ from ..debug.verify import check_graph
 from ..frontend import capture
 from ..frontend.units import find_unit_groups
 from ..passes import PassManager, Pipeline
-from . import no_grad
+from . import twins
 
 REPORT_ATTR = "_slipstream_report"
 
@@ -40,7 +40,7 @@ def attach(model: nn.Module, pipeline: Pipeline, version: str, debug: DebugOptio
         with lock:
             trace = GraphTrace(len(report.traces), unit, gm, debug.keep_original, bool(debug.dump_dir))
             graph_id = report.record(unit, manager.run(gm, trace), trace)
-        forward, log, unchecked = no_grad.choose(gm), report.decision_log, [debug.verify]
+        forward, log, unchecked = twins.choose(gm), report.decision_log, [debug.verify]
 
         def run(*args):
             report.ran(CURRENT_UNIT.get(), graph_id)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from slipstream.kernels.attention import MAX_HEAD_DIM, attention_backward_reference, attention_reference, lse_dtype
 from slipstream.kernels.dispatch import TRITON_DTYPES, select_triton
-from slipstream.kernels.registry import define_op
+from slipstream.kernels.registry import define_op, unobserved
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor) -> None:
@@ -155,4 +155,6 @@ def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_s
             float(softcap) if softcap > 0 else 0.0)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return attention_varlen_forward_op(*args)[0]
+    if unobserved(q, k, v):
+        return _attention_varlen(*args)
     return attention_varlen_op(*args)

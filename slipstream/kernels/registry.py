@@ -10,9 +10,10 @@ import torch
 
 NAMESPACE = "slipstream"
 
-# op overload -> its Python implementation (what the op's CPU/CUDA kernel calls), for callers that may skip the
-# dispatcher's autograd wrapper because no gradient is wanted (backends/no_grad.py)
+# op overload -> its Python implementation (what the op's CPU/CUDA kernel calls), and -> (setup_context, backward)
+# of ops with an autograd formula: for callers that skip the dispatcher (backends/twins.py)
 IMPLEMENTATIONS: dict = {}
+AUTOGRAD: dict = {}
 
 
 def define_op(
@@ -28,4 +29,13 @@ def define_op(
     op.register_fake(fake)
     if backward is not None:
         op.register_autograd(backward, setup_context=setup_context)
+        AUTOGRAD[getattr(torch.ops.slipstream, name).default] = (setup_context, backward)
     return op
+
+
+def unobserved(*tensors: torch.Tensor) -> bool:
+    """True when calling an op's implementation directly is the same as calling the op: no gradient is wanted,
+    nothing traces (dynamo, export), and the inputs are plain tensors (no fake or subclass tensors). Then the
+    dispatcher's two crossings (~150 us of host time per call on a CPU) buy nothing."""
+    return (not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and all(type(t) is torch.Tensor for t in tensors))

@@ -240,3 +240,22 @@ def test_attention_kernels_compile_for_cuda(tmp_path):
     if result.returncode == 77:
         pytest.skip("this triton build has no CUDA backend")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_grad_calls_skip_the_dispatcher():
+    # Nothing to record for autograd (every decode step): the wrapper runs what the op's kernel would run.
+    q, k, v = randn(1, 4, 5, 16), randn(1, 2, 5, 16), randn(1, 2, 5, 16)
+
+    def ops_seen(fn):
+        with torch.profiler.profile() as prof:
+            out = fn()
+        return out, {e.name for e in prof.events() if e.name.startswith("slipstream::")}
+
+    with torch.no_grad():
+        direct, seen = ops_seen(lambda: attention(q, k, v))
+        assert not seen
+        expected, seen = ops_seen(lambda: torch.ops.slipstream.attention(q, k, v, None, True, 0.25, -1, 0.0, 0.0, 0))
+        assert seen == {"slipstream::attention"}
+    assert torch.equal(direct, expected)
+    _, seen = ops_seen(lambda: attention(leaf(q), k, v))     # a gradient wanted: the op, with its formula
+    assert seen >= {"slipstream::attention_forward"}

@@ -94,3 +94,14 @@ def test_out_only_op_autograd(impl):
     assert_close(out, out2, torch.float32)
     for a, e in zip(got, expected):
         assert_close(a, e, torch.float32)
+
+
+def test_no_grad_calls_skip_the_dispatcher():
+    q, k, v = randn(9, 4, 16), randn(9, 2, 16), randn(9, 2, 16)
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        direct = attention_varlen(q, k, v, cu, cu, 5, 5)
+    assert not [e for e in prof.events() if e.name.startswith("slipstream::")]
+    with torch.no_grad():
+        expected = torch.ops.slipstream.attention_varlen(q, k, v, cu, cu, 5, 5, True, 0.25, -1, 0.0)
+    assert torch.equal(direct, expected)
