@@ -22,15 +22,30 @@ def define_op(
     fake: Callable,
     backward: Optional[Callable] = None,
     setup_context: Optional[Callable] = None,
-) -> "torch.library.CustomOpDef":
-    """Register `slipstream::<name>` (schema inferred from `impl`'s annotations; ops never mutate inputs)."""
+) -> Callable:
+    """Register `slipstream::<name>` (schema inferred from `impl`'s annotations; ops never mutate inputs) and return
+    the op, or for a backward op (no `backward` of its own) the op behind `_DirectWhenUnobserved`."""
     op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=())
     IMPLEMENTATIONS[getattr(torch.ops.slipstream, name).default] = impl
     op.register_fake(fake)
-    if backward is not None:
-        op.register_autograd(backward, setup_context=setup_context)
-        AUTOGRAD[getattr(torch.ops.slipstream, name).default] = (setup_context, backward)
+    if backward is None:  # a backward op, called by autograd formulas
+        return _DirectWhenUnobserved(op, impl)
+    op.register_autograd(backward, setup_context=setup_context)
+    AUTOGRAD[getattr(torch.ops.slipstream, name).default] = (setup_context, backward)
     return op
+
+
+class _DirectWhenUnobserved:
+    """A backward op as its formulas call it: the implementation itself when `unobserved` (an eager backward runs
+    with gradients off on plain tensors), the op when something watches (tracing, fake tensors, double backward)."""
+
+    def __init__(self, op: "torch.library.CustomOpDef", impl: Callable):
+        self.op, self.impl = op, impl
+
+    def __call__(self, *args):
+        if unobserved(*(a for a in args if isinstance(a, torch.Tensor))):
+            return self.impl(*args)
+        return self.op(*args)
 
 
 def unobserved(*tensors: torch.Tensor) -> bool:

@@ -104,3 +104,15 @@ def test_choose_picks_the_twin_by_grad_mode():
     with torch.no_grad():
         assert run(x, w).grad_fn is None
     assert run(x, w).grad_fn.name() == "rms_norm_grad_twinBackward"
+
+
+def test_eager_backward_calls_backward_implementations_directly():
+    # An eager backward runs with gradients off on plain tensors: the formulas call the backward ops' code directly.
+    gm = _graph(torch.ops.slipstream.rms_norm.default, 2, 1e-6, 0.0, True)
+    inputs = [torch.randn(3, 8), torch.randn(8)]
+    for fn in (gm, twin(gm, grad=True)):
+        out, grads = _run(fn, inputs, [torch.randn(3, 8)], [True, True])
+        with torch.profiler.profile() as prof:
+            _run(fn, inputs, [torch.randn(3, 8)], [True, True])
+        names = {e.name for e in prof.events() if e.name.startswith("slipstream::")}
+        assert "slipstream::rms_norm_backward" not in names
