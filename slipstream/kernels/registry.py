@@ -50,7 +50,10 @@ class _DirectWhenUnobserved:
 
 def unobserved(*tensors: torch.Tensor) -> bool:
     """True when calling an op's implementation directly is the same as calling the op: no gradient is wanted,
-    nothing traces (dynamo, export), and the inputs are plain tensors (no fake or subclass tensors). Then the
-    dispatcher's two crossings (~150 us of host time per call on a CPU) buy nothing."""
+    nothing traces (dynamo, export), and the inputs are plain tensors or parameters (no fake or subclass
+    tensors). Then the dispatcher's two crossings (~150 us of host time per call on a CPU) buy nothing."""
     return (not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and all(type(t) is torch.Tensor for t in tensors))
+            and all(type(t) in _PLAIN for t in tensors))
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # exact types: fake, functional and other subclass tensors are not
