@@ -8,11 +8,10 @@ eagerly does not need that path:
   op's kernel would call.
 - grad twin: each op node calls a `torch.autograd.Function` made of the op's own implementation, setup_context
   and backward (the functions the op registered), so autograd records one node with the op's formula.
-Same functions, same results, same Triton/reference choice inside. In the grad twin, nodes it cannot express
-exactly keep the dispatcher path: keyword arguments, ops without an autograd formula, and ops taking tensor lists
-(autograd.Function does not track tensors inside lists: `slipstream::lora_linear`). The backward ops the formulas
-call still cross the dispatcher once. Graphs that dynamo or export trace never meet a twin: twins exist only where
-our backend runs a graph.
+Same functions, same results, same Triton/reference choice inside. In the grad twin, nodes with keyword
+arguments and ops without an autograd formula keep the dispatcher path. The backward ops the formulas call skip
+it too when nothing observes them (kernels/registry.py `unobserved`). Graphs that dynamo or export trace never
+meet a twin: twins exist only where our backend runs a graph.
 """
 from __future__ import annotations
 
@@ -43,24 +42,50 @@ def twin(gm: GraphModule, grad: bool = False) -> GraphModule | None:
 @functools.cache
 def _grad_function(op) -> Callable | None:
     """A function running `op` as an autograd.Function made of its implementation and registered autograd formula;
-    None where that would not be the same thing (see the module docstring)."""
-    tensor_list = torch.ListType.ofTensors()
-    if op not in AUTOGRAD or any(a.type.isSubtypeOf(tensor_list) for a in op._schema.arguments):
+    None for an op without a formula.
+
+    autograd.Function only tracks tensors passed as arguments, so tensor lists (`lora_linear`'s adapters) travel
+    flattened: the op's arguments come first, in order, each tensor list replaced by its length, then the lists'
+    tensors. An argument keeps its index, so the formula's `ctx.needs_input_grad[i]` means what it means for the op,
+    and its gradient lists are flattened back the same way."""
+    if op not in AUTOGRAD:
         return None
     impl, (setup_context, backward) = IMPLEMENTATIONS[op], AUTOGRAD[op]
-    name = f"{op._schema.name.split('::')[-1]}_grad_twin"
+    tensor_list = torch.ListType.ofTensors()
+    lists = [i for i, a in enumerate(op._schema.arguments) if a.type.isSubtypeOf(tensor_list)]
+    n_args = len(op._schema.arguments)
 
-    def forward(ctx, *args):
+    def unflatten(flat: tuple) -> tuple:
+        args, tail = list(flat[:n_args]), flat[n_args:]
+        for i in lists:
+            args[i], tail = list(tail[:args[i]]), tail[args[i]:]
+        return tuple(args)
+
+    def forward(ctx, *flat):
+        args = unflatten(flat)
         out = impl(*args)
         setup_context(ctx, args, out)
         return out
 
+    def backward_flat(ctx, *grads):
+        op_grads = backward(ctx, *grads)
+        tail = [g for i in lists for g in op_grads[i]]
+        # a length, or a non-tensor argument the formula answered with an empty list: no gradient
+        return (*(g if isinstance(g, torch.Tensor) else None for g in op_grads), *tail)
+
+    name = f"{op._schema.name.split('::')[-1]}_grad_twin"
     # named after the op, so autograd graphs and profiles read `rms_norm_grad_twinBackward`
     function = type(name, (torch.autograd.Function,), {
-        "__module__": __name__, "forward": staticmethod(forward), "backward": staticmethod(backward)})
+        "__module__": __name__, "forward": staticmethod(forward),
+        "backward": staticmethod(backward_flat if lists else backward)})
 
     def call(*args):  # a plain function: FX's code generation cannot name `apply` of a local class
-        return function.apply(*args)
+        if not lists:
+            return function.apply(*args)
+        flat = list(args)
+        for i in lists:
+            flat[i] = len(args[i])
+        return function.apply(*flat, *(t for i in lists for t in args[i]))
     call.__name__ = call.__qualname__ = name
     return call
 

@@ -83,18 +83,38 @@ def test_grad_twin_gives_the_ops_values_and_gradients(case):
     assert got[0].grad_fn.name() == f"{case}_grad_twinBackward"
 
 
-def test_grad_twin_keeps_the_dispatcher_where_it_cannot_be_exact():
-    # keyword arguments, and tensor lists (autograd.Function would not see the tensors inside a list)
+def test_grad_twin_keeps_the_dispatcher_for_keyword_nodes():
     graph = torch.fx.Graph()
     x, w = graph.placeholder("x"), graph.placeholder("w")
-    norm = graph.call_function(torch.ops.slipstream.rms_norm.default, (x, w), {"eps": 1e-6, "offset": 0.0,
-                                                                               "cast_first": True})
-    lora = graph.call_function(torch.ops.slipstream.lora_linear.default,
-                               (norm, w, None, None, "dense", 0, 4, None, [norm], [w], [w], [1.0]))
-    graph.output(lora)
+    graph.output(graph.call_function(torch.ops.slipstream.rms_norm.default, (x, w),
+                                     {"eps": 1e-6, "offset": 0.0, "cast_first": True}))
     gm = torch.fx.GraphModule(torch.nn.Module(), graph)
     assert twin(gm, grad=True) is None
-    assert twin(gm) is not None                      # without gradients the implementations take keywords too
+    assert twin(gm) is not None                      # without gradients the implementation takes keywords too
+
+
+def test_grad_twin_of_an_op_with_tensor_lists():
+    # lora_linear's adapters are tensor lists, which autograd.Function would not track inside a list: the twin
+    # passes them flattened and must give every adapter tensor its gradient, as the op does.
+    op = torch.ops.slipstream.lora_linear.default
+    x, base, bias = torch.randn(2, 3, 16), torch.randn(8, 16), torch.randn(8)
+    a = [torch.randn(4, 16), torch.randn(2, 16)]
+    b = [torch.randn(8, 4), torch.randn(8, 2)]
+    graph = torch.fx.Graph()
+    ph = [graph.placeholder(f"p{i}") for i in range(7)]
+    graph.output(graph.call_function(op, (ph[0], ph[1], None, None, "dense", 0, 8, ph[2], [ph[0], ph[0]],
+                                          [ph[3], ph[4]], [ph[5], ph[6]], [2.0, 0.5])))
+    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+    fast = twin(gm, grad=True)
+    assert [n.target.__name__ for n in fast.graph.nodes if n.op == "call_function"] == ["lora_linear_grad_twin"]
+    inputs = [x, base, bias, *a, *b]
+    wants = [True, False, True, True, True, True, True]       # a frozen base, as in LoRA training
+    grad_out = [torch.randn(2, 3, 8)]
+    expected, expected_grads = _run(gm, inputs, grad_out, wants)
+    got, got_grads = _run(fast, inputs, grad_out, wants)
+    assert torch.equal(got[0], expected[0])
+    for g, e, want in zip(got_grads, expected_grads, wants):
+        assert (g is None and e is None and not want) or torch.equal(g, e)
 
 
 def test_choose_picks_the_twin_by_grad_mode():
