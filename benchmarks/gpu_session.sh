@@ -34,3 +34,5 @@ step lora_linear_tune 150 python3 benchmarks/lora_linear_tune.py
 step lora_linear 60 python3 benchmarks/lora_linear.py
 step models 200 python3 tests/backends/device_model_check.py --device cuda
 step tts 240 python3 benchmarks/tts_generate.py --shape 1.7b --device cuda
+step train_step 120 bash -c "python3 benchmarks/train_step.py --device cuda --hidden 1024 --layers 8 --seq 512 \
+--repeats 20 && python3 benchmarks/train_step.py --device cuda --hidden 1024 --layers 8 --seq 512 --repeats 20 --lora"
