@@ -2,7 +2,12 @@
 
 Every canonical op is a pair: the forward op, whose autograd formula calls a backward op, and the backward op
 itself (also a custom op, so its math runs in Triton on GPU and shows up as one node in traced graphs).
+
+Eager callers can skip the dispatcher's two crossings per call (host time that exceeds a small op's math): the
+implementation itself when no gradient is wanted (`unobserved`), an autograd.Function made of the op's own
+implementation and formula when one is (`grad_function`). Traced calls (dynamo, export, fake tensors) keep the op.
 """
+import functools
 from collections.abc import Callable
 from typing import Optional
 
@@ -49,11 +54,67 @@ class _DirectWhenUnobserved:
 
 
 def unobserved(*tensors: torch.Tensor) -> bool:
-    """True when calling an op's implementation directly is the same as calling the op: no gradient is wanted,
-    nothing traces (dynamo, export), and the inputs are plain tensors or parameters (no fake or subclass
-    tensors). Then the dispatcher's two crossings (~150 us of host time per call on a CPU) buy nothing."""
-    return (not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and all(type(t) in _PLAIN for t in tensors))
+    """True when calling an op's implementation directly is the same as calling the op: no gradient is wanted and
+    nothing watches (`untraced`). Then the dispatcher's two crossings (~150 us of host time per call on a CPU) buy
+    nothing."""
+    return not torch.is_grad_enabled() and untraced(*tensors)
 
 
-_PLAIN = (torch.Tensor, torch.nn.Parameter)  # exact types: fake, functional and other subclass tensors are not
+def untraced(*tensors: torch.Tensor) -> bool:
+    """Nothing traces (dynamo, export) and the inputs are plain tensors or parameters: no fake, functional or other
+    subclass tensors (AOT autograd, make_fx, DTensor). Eager autograd through `grad_function` is then the op's."""
+    return not torch.compiler.is_compiling() and all(type(t) in _PLAIN for t in tensors)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+@functools.cache
+def grad_function(op) -> Callable | None:
+    """A function running `op` as an autograd.Function made of its implementation and registered autograd formula;
+    None for an op without a formula.
+
+    autograd.Function only tracks tensors passed as arguments, so tensor lists (`lora_linear`'s adapters) travel
+    flattened: the op's arguments come first, in order, each tensor list replaced by its length, then the lists'
+    tensors. An argument keeps its index, so the formula's `ctx.needs_input_grad[i]` means what it means for the op,
+    and its gradient lists are flattened back the same way."""
+    if op not in AUTOGRAD:
+        return None
+    impl, (setup_context, backward) = IMPLEMENTATIONS[op], AUTOGRAD[op]
+    tensor_list = torch.ListType.ofTensors()
+    lists = [i for i, a in enumerate(op._schema.arguments) if a.type.isSubtypeOf(tensor_list)]
+    n_args = len(op._schema.arguments)
+
+    def unflatten(flat: tuple) -> tuple:
+        args, tail = list(flat[:n_args]), flat[n_args:]
+        for i in lists:
+            args[i], tail = list(tail[:args[i]]), tail[args[i]:]
+        return tuple(args)
+
+    def forward(ctx, *flat):
+        args = unflatten(flat)
+        out = impl(*args)
+        setup_context(ctx, args, out)
+        return out
+
+    def backward_flat(ctx, *grads):
+        op_grads = backward(ctx, *grads)
+        tail = [g for i in lists for g in op_grads[i]]
+        # a length, or a non-tensor argument the formula answered with an empty list: no gradient
+        return (*(g if isinstance(g, torch.Tensor) else None for g in op_grads), *tail)
+
+    name = f"{op._schema.name.split('::')[-1]}_grad_twin"
+    # named after the op, so autograd graphs and profiles read `rms_norm_grad_twinBackward`
+    function = type(name, (torch.autograd.Function,), {
+        "__module__": __name__, "forward": staticmethod(forward),
+        "backward": staticmethod(backward_flat if lists else backward)})
+
+    def call(*args):  # a plain function: FX's code generation cannot name `apply` of a local class
+        if not lists:
+            return function.apply(*args)
+        flat = list(args)
+        for i in lists:
+            flat[i] = len(args[i])
+        return function.apply(*flat, *(t for i in lists for t in args[i]))
+    call.__name__ = call.__qualname__ = name
+    return call

@@ -257,5 +257,15 @@ def test_no_grad_calls_skip_the_dispatcher():
         expected, seen = ops_seen(lambda: torch.ops.slipstream.attention(q, k, v, None, True, 0.25, -1, 0.0, 0.0, 0))
         assert seen == {"slipstream::attention"}
     assert torch.equal(direct, expected)
-    _, seen = ops_seen(lambda: attention(leaf(q), k, v))     # a gradient wanted: the op, with its formula
-    assert seen >= {"slipstream::attention_forward"}
+    # A gradient wanted, eagerly: the op's own formula as an autograd.Function, still without the dispatcher; the
+    # gradients are the op's.
+    grads = []
+    for fn in (lambda a, b, c: attention(a, b, c),
+               lambda a, b, c: torch.ops.slipstream.attention_forward(a, b, c, None, True, 0.25, -1, 0.0, 0.0, 0)[0]):
+        leaves = [leaf(t) for t in (q, k, v)]
+        out, seen = ops_seen(lambda: fn(*leaves))
+        out.backward(torch.ones_like(out))
+        grads.append((seen, out.grad_fn.name(), [t.grad for t in leaves]))
+    (twin_seen, twin_node, twin_grads), (_, _, op_grads) = grads
+    assert not twin_seen and twin_node == "attention_forward_grad_twinBackward"
+    assert all(torch.equal(a, b) for a, b in zip(twin_grads, op_grads))
