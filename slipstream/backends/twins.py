@@ -10,7 +10,7 @@ eagerly does not need that path:
   and backward (the functions the op registered), so autograd records one node with the op's formula.
 Same functions, same results, same Triton/reference choice inside. In the grad twin, nodes with keyword
 arguments and ops without an autograd formula keep the dispatcher path. The backward ops the formulas call skip
-it too when nothing observes them (kernels/registry.py `unobserved`). Graphs that dynamo or export trace never
+it too when nothing traces them (kernels/registry.py `call`). Graphs that dynamo or export trace never
 meet a twin: twins exist only where our backend runs a graph.
 """
 from __future__ import annotations

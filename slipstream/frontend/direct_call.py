@@ -38,8 +38,8 @@ except ImportError:  # pragma: no cover - depends on the torch build
     _cache_entries, _frame_callback, _eval_frame, _SUPPORTED = None, None, None, False
 
 # torch-internal helpers are wrapped by `torch._disable_dynamo`, which disables lazily; its wrappers share this code
-_LAZY_DISABLE_CODE = getattr(getattr(torch._compile, "_disable_dynamo", None), "__code__", None) and \
-    torch._compile._disable_dynamo(lambda: None).__code__
+_lazy_disable = getattr(torch._compile, "_disable_dynamo", None)
+_LAZY_DISABLE_CODE = _lazy_disable(lambda: None).__code__ if _lazy_disable is not None else None
 
 # The escape hatch (SLIPSTREAM_DIRECT_CALLS=0: every call through torch.compile), also set by benchmarks to compare.
 ENABLED = os.environ.get("SLIPSTREAM_DIRECT_CALLS", "1").strip() != "0"

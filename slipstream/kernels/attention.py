@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from slipstream.kernels.dispatch import TRITON_DTYPES, select_triton
-from slipstream.kernels.registry import define_op, grad_function, unobserved, untraced
+from slipstream.kernels.registry import call, define_op
 
 # Decode kernel: few queries per kv head (group x S rows), many keys. Same cap as triton_attention's.
 DECODE_MAX_QUERIES = 16
@@ -219,8 +219,8 @@ def _setup_attention(ctx, inputs, output) -> None:
 
 def _backward_attention(ctx, grad_out: Tensor) -> tuple[Optional[Tensor], ...]:
     q, k, v, key_padding = ctx.saved_tensors
-    recompute = _attention_forward if unobserved(q, k, v) else attention_forward_op
-    out, lse = recompute(q, k, v, key_padding, *ctx.options)  # the lse the out-only op did not keep
+    # the lse the out-only op did not keep
+    out, lse = call(torch.ops.slipstream.attention_forward.default, q, k, v, key_padding, *ctx.options)
     dq, dk, dv = attention_backward_op(grad_out, q, k, v, out, lse, key_padding, *ctx.options)
     return dq, dk, dv, None, None, None, None, None, None, None
 
@@ -245,9 +245,5 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_padding: Optional[Tensor] = N
             int(window) if window > 0 else -1, float(softcap) if softcap > 0 else 0.0, float(dropout_p),
             int(seed or 0))
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        if untraced(q, k, v):  # eager training: the op's own formula, without the dispatcher's crossings
-            return grad_function(torch.ops.slipstream.attention_forward.default)(*args)[0]
-        return attention_forward_op(*args)[0]
-    if unobserved(q, k, v):  # e.g. every decode step: what the op's kernel would run, without the dispatcher
-        return _attention(*args)
-    return attention_op(*args)
+        return call(torch.ops.slipstream.attention_forward.default, *args)[0]
+    return call(torch.ops.slipstream.attention.default, *args)  # decode steps: the implementation

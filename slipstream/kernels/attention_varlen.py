@@ -13,7 +13,7 @@ from torch import Tensor
 
 from slipstream.kernels.attention import MAX_HEAD_DIM, attention_backward_reference, attention_reference, lse_dtype
 from slipstream.kernels.dispatch import TRITON_DTYPES, select_triton
-from slipstream.kernels.registry import define_op, grad_function, unobserved, untraced
+from slipstream.kernels.registry import call, define_op
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor) -> None:
@@ -134,8 +134,8 @@ def _setup_out_only(ctx, inputs, output) -> None:
 
 def _backward_out_only(ctx, grad_out: Tensor) -> tuple[Optional[Tensor], ...]:
     q, k, v, cu_q, cu_k = ctx.saved_tensors
-    recompute = _forward if unobserved(q, k, v) else attention_varlen_forward_op
-    out, lse = recompute(q, k, v, cu_q, cu_k, *ctx.options)  # recompute: see attention.py
+    # recompute: see attention.py
+    out, lse = call(torch.ops.slipstream.attention_varlen_forward.default, q, k, v, cu_q, cu_k, *ctx.options)
     dq, dk, dv = attention_varlen_backward_op(grad_out, q, k, v, out, lse, cu_q, cu_k, *ctx.options)
     return (dq, dk, dv) + (None,) * 8
 
@@ -155,9 +155,5 @@ def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_s
             float(q.shape[-1] ** -0.5 if scale is None else scale), int(window) if window > 0 else -1,
             float(softcap) if softcap > 0 else 0.0)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        if untraced(q, k, v):  # eager training: the op's own formula, without the dispatcher's crossings
-            return grad_function(torch.ops.slipstream.attention_varlen_forward.default)(*args)[0]
-        return attention_varlen_forward_op(*args)[0]
-    if unobserved(q, k, v):
-        return _attention_varlen(*args)
-    return attention_varlen_op(*args)
+        return call(torch.ops.slipstream.attention_varlen_forward.default, *args)[0]
+    return call(torch.ops.slipstream.attention_varlen.default, *args)  # decode steps: the implementation

@@ -3,9 +3,10 @@
 Every canonical op is a pair: the forward op, whose autograd formula calls a backward op, and the backward op
 itself (also a custom op, so its math runs in Triton on GPU and shows up as one node in traced graphs).
 
-Eager callers can skip the dispatcher's two crossings per call (host time that exceeds a small op's math): the
-implementation itself when no gradient is wanted (`unobserved`), an autograd.Function made of the op's own
-implementation and formula when one is (`grad_function`). Traced calls (dynamo, export, fake tensors) keep the op.
+Eager callers can skip the dispatcher's two crossings per call (host time that exceeds a small op's math) with
+`call`: the implementation itself when no gradient is wanted, an autograd.Function made of the op's own
+implementation and formula when one may be (`grad_function`). Traced calls (dynamo, export, fake tensors) keep
+the op.
 """
 import functools
 from collections.abc import Callable
@@ -29,40 +30,34 @@ def define_op(
     setup_context: Optional[Callable] = None,
 ) -> Callable:
     """Register `slipstream::<name>` (schema inferred from `impl`'s annotations; ops never mutate inputs) and return
-    the op, or for a backward op (no `backward` of its own) the op behind `_DirectWhenUnobserved`."""
+    the op; a backward op (no `backward` of its own) is returned as `call` on it, which is how formulas run it."""
     op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=())
-    IMPLEMENTATIONS[getattr(torch.ops.slipstream, name).default] = impl
+    overload = getattr(torch.ops.slipstream, name).default
+    IMPLEMENTATIONS[overload] = impl
     op.register_fake(fake)
-    if backward is None:  # a backward op, called by autograd formulas
-        return _DirectWhenUnobserved(op, impl)
+    if backward is None:  # a backward op: an eager backward runs it with gradients off, so `call` skips the dispatcher
+        return functools.partial(call, overload)
     op.register_autograd(backward, setup_context=setup_context)
-    AUTOGRAD[getattr(torch.ops.slipstream, name).default] = (setup_context, backward)
+    AUTOGRAD[overload] = (setup_context, backward)
     return op
 
 
-class _DirectWhenUnobserved:
-    """A backward op as its formulas call it: the implementation itself when `unobserved` (an eager backward runs
-    with gradients off on plain tensors), the op when something watches (tracing, fake tensors, double backward)."""
-
-    def __init__(self, op: "torch.library.CustomOpDef", impl: Callable):
-        self.op, self.impl = op, impl
-
-    def __call__(self, *args):
-        if unobserved(*(a for a in args if isinstance(a, torch.Tensor))):
-            return self.impl(*args)
-        return self.op(*args)
-
-
-def unobserved(*tensors: torch.Tensor) -> bool:
-    """True when calling an op's implementation directly is the same as calling the op: no gradient is wanted and
-    nothing watches (`untraced`). Then the dispatcher's two crossings (~150 us of host time per call on a CPU) buy
-    nothing."""
-    return not torch.is_grad_enabled() and untraced(*tensors)
+def call(op, *args):
+    """`op(*args)` (an op overload) without the dispatcher's two crossings (~150 us of host time per call on a CPU)
+    where that is the same thing: nothing traces (`untraced`) and then the implementation itself when no gradient is
+    wanted, else `grad_function(op)` (the op's own formula). Traced calls and ops without a formula keep the op."""
+    if untraced(*(a for a in args if isinstance(a, torch.Tensor))):
+        if not torch.is_grad_enabled():
+            return IMPLEMENTATIONS[op](*args)
+        function = grad_function(op)
+        if function is not None:
+            return function(*args)
+    return op(*args)
 
 
 def untraced(*tensors: torch.Tensor) -> bool:
     """Nothing traces (dynamo, export) and the inputs are plain tensors or parameters: no fake, functional or other
-    subclass tensors (AOT autograd, make_fx, DTensor). Eager autograd through `grad_function` is then the op's."""
+    subclass tensors (AOT autograd, make_fx, DTensor)."""
     return not torch.compiler.is_compiling() and all(type(t) in _PLAIN for t in tensors)
 
 
