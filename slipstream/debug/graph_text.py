@@ -98,6 +98,8 @@ class Namer:
         if isinstance(value, (list, tuple)):
             inner = ", ".join(self.arg(v) for v in value)
             return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+        if isinstance(value, slice):  # bounds can be nodes (`x[..., : d // 2]`)
+            return f"slice({self.arg(value.start)}, {self.arg(value.stop)}, {self.arg(value.step)})"
         if isinstance(value, dict):
             return "{" + ", ".join(f"{k}: {self.arg(v)}" for k, v in value.items()) + "}"
         if isinstance(value, torch.dtype):

@@ -7,6 +7,7 @@ function of (graph, options) -> stats, mutating only the nodes it matched.
 from __future__ import annotations
 
 import fnmatch
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -170,9 +171,9 @@ def _is(node: Node, op_names: tuple[str, ...]) -> bool:
 def commit(graph: Graph, m: Match, new: Node, rule: str, stats: PassStats) -> None:
     """Swap the match's root for `new`, erase what became dead, count the match."""
     replace_root(m, new)
-    erase_matched(graph, m.nodes)
+    orphans = erase_matched(graph, m.nodes)
     stats.matches.append((rule, module_path(m.root)))
-    stats.rewrites.append(Rewrite(rule, module_path(m.root), m.root, new, list(m.nodes)))
+    stats.rewrites.append(Rewrite(rule, module_path(m.root), m.root, new, list(m.nodes) + orphans))
 
 
 def replace_root(m: Match, new: Node) -> None:
@@ -183,9 +184,11 @@ def replace_root(m: Match, new: Node) -> None:
     m.root.replace_all_uses_with(new)
 
 
-def erase_matched(graph: Graph, nodes: list[Node]) -> None:
-    """Erase matched nodes that became dead, users first. Never a blanket dead-code elimination: graphs can hold
+def erase_matched(graph: Graph, nodes: list[Node]) -> list[Node]:
+    """Erase matched nodes that became dead, users first, then the size arithmetic only they used (`d // 2` of a
+    `[..., : d // 2]` slice); returns those orphans. Never a blanket dead-code elimination: graphs can hold
     side-effecting nodes (KV-cache writes) that have no users."""
+    inputs = {i for n in nodes for i in n.all_input_nodes}
     for n in nodes:
         for user in [u for u in n.users if is_metadata_assert(u)]:
             graph.erase_node(user)
@@ -198,6 +201,26 @@ def erase_matched(graph: Graph, nodes: list[Node]) -> None:
                 graph.erase_node(n)
                 pending.remove(n)
                 progress = True
+    return _erase_orphaned_arithmetic(graph, inputs - set(nodes))
+
+
+# Python arithmetic on sizes in a captured graph: pure, so erasing it when nothing reads it changes nothing
+_SIZE_ARITHMETIC = frozenset({operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
+                              operator.mod, operator.neg, operator.pow})
+
+
+def _erase_orphaned_arithmetic(graph: Graph, candidates: set[Node]) -> list[Node]:
+    erased = []
+    pending = [n for n in candidates if n.op == "call_function" and n.target in _SIZE_ARITHMETIC]
+    while pending:
+        n = pending.pop()
+        if n.users or n.graph is not graph or n in erased:
+            continue
+        producers = n.all_input_nodes
+        graph.erase_node(n)
+        erased.append(n)
+        pending += [p for p in producers if p.op == "call_function" and p.target in _SIZE_ARITHMETIC]
+    return erased
 
 
 def tag_new_nodes(after: Node, until: Node, creator: str, path: str) -> None:
