@@ -23,7 +23,8 @@ def optimize(model: nn.Module, pipeline: str = "default", backend: str = "module
     rewritten to call slipstream's fused ops. `warmup` runs one forward on `example_inputs` (default: a small
     batch of token ids for models with `config.vocab_size`) so the report is complete when this returns.
     `verify=True` checks every rewrite numerically on its graph's first inputs (slipstream.diff shows the result);
-    `dump_dir` writes graphs, region pictures, pipeline.txt and repro.py there (docs/debugging.md).
+    `dump_dir` writes graphs, region pictures, pipeline.txt and repro.py there (docs/debugging.md) once the
+    warm-up ran; slipstream.dump(model, dir) writes it again later, with what has run since (generation).
     `config`: a TOML file (path) or slipstream.config.Config; it supplies pipeline, backend and debug settings.
     """
     from .backends import module as module_backend
@@ -53,10 +54,21 @@ def optimize(model: nn.Module, pipeline: str = "default", backend: str = "module
         import warnings
         first = next(c for c in report.checks if not c.ok)
         warnings.warn(f"slipstream verify: first region out of tolerance: {first.line()}", stacklevel=2)
-    if debug.dump_dir and warmup:
-        from .debug.dump import write_dump
-        write_dump(model, debug.dump_dir)
+    if debug.dump_dir:
+        if not warmup:
+            import warnings
+            warnings.warn(f"slipstream: dump_dir {str(debug.dump_dir)!r} without a warm-up holds no graph yet (units "
+                          "are captured on their first call); call slipstream.dump(model, dir) after running the "
+                          "model", stacklevel=2)
+        dump(model, debug.dump_dir)
     return model
+
+
+def dump(model: nn.Module, directory: Any) -> Any:
+    """Write the dump directory of an optimized model now: graphs, diff, explain.txt (with the run-time decisions
+    made so far, e.g. during generate()), slipstream.json, region pictures, repro.py. Returns its path."""
+    from .debug.dump import write_dump
+    return write_dump(model, directory)
 
 
 def diff(model: nn.Module, print_after: str | None = None, times: bool = True) -> str:
@@ -100,4 +112,4 @@ def restore(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["optimize", "explain", "diff", "report", "restore", "merge_lora", "export", "__version__"]
+__all__ = ["optimize", "explain", "diff", "report", "dump", "restore", "merge_lora", "export", "__version__"]

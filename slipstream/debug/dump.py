@@ -3,6 +3,8 @@ what the pipeline did.
 
     pipeline.txt                     the canonical pipeline string
     diff.txt                         the graph diff (slipstream.diff)
+    explain.txt                      slipstream.explain: fused sites, refusals, run-time decisions
+    slipstream.json                  the same as data (version, pipeline, units, per pass: sites, refusals, decisions)
     report.html                      the same with region pictures; opens in a browser, no server
     graphs/g<N>-<unit>/00-input.py   each captured graph as GraphModule.code prints it, then after each changed pass
     regions/g<N>-<pass>-<K>-{before,after}.dot   each changed region (Graphviz)
@@ -19,43 +21,23 @@ from torch import nn
 from .diff import render_diff
 from .html_report import render_html
 from .pictures import to_dot
+from .report import as_data, render
 
 _REPRO = '''"""Rerun slipstream's pipeline on the model this dump came from (written by slipstream {version}).
 
     python repro.py [CHECKPOINT_DIR]
 
 The model: CHECKPOINT_DIR, else the checkpoint the dump was made from if it still exists, else a random model
-(seed 0) of the config saved next to this file. Prints the graph diff; exits 1 if a rewrite is out of tolerance.
+(seed 0) of the config saved next to this file. Prints the graph diff and the run-time decisions; exits 1 if a
+rewrite is out of tolerance. What runs: slipstream.debug.repro.
 """
 import pathlib
 import sys
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM
-
-import slipstream
-
-HERE = pathlib.Path(__file__).resolve().parent
-PIPELINE = (HERE / "pipeline.txt").read_text(encoding="utf-8").strip()
-CHECKPOINT = {checkpoint!r}
-VERIFY = {verify!r}
-
-
-def load():
-    path = sys.argv[1] if len(sys.argv) > 1 else CHECKPOINT
-    if path and (pathlib.Path(path) / "config.json").is_file():
-        return AutoModelForCausalLM.from_pretrained(path, dtype="auto")
-    config = AutoConfig.from_pretrained(HERE)
-    dtype = getattr(config, "dtype", None) or torch.float32
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-
+from slipstream.debug import repro
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
-    model = slipstream.optimize(load().eval(), pipeline=PIPELINE, verify=VERIFY)
-    print(slipstream.diff(model), end="")
-    sys.exit(1 if any(not c.ok for c in slipstream.report(model).checks) else 0)
+    sys.exit(repro.main(pathlib.Path(__file__).resolve().parent, {checkpoint!r}, {verify!r}, sys.argv[1:]))
 '''
 
 
@@ -71,6 +53,7 @@ def write_dump(model: nn.Module, directory: str | Path, checkpoint: str | None =
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline.txt").write_text(report.pipeline + "\n", encoding="utf-8")
     (out / "diff.txt").write_text(render_diff(report, report.debug.print_after), encoding="utf-8")
+    (out / "explain.txt").write_text(render(report) + "\n", encoding="utf-8")
     (out / "report.html").write_text(render_html(report), encoding="utf-8")
     for trace in report.traces:
         _write_graphs(out / "graphs" / f"g{trace.graph_id}-{_safe(trace.unit)}", trace)
@@ -88,8 +71,7 @@ def write_dump(model: nn.Module, directory: str | Path, checkpoint: str | None =
         source = str(Path(source).resolve()) if source else None
         (out / "repro.py").write_text(_REPRO.format(version=report.version, checkpoint=source,
                                                     verify=bool(report.debug.verify)), encoding="utf-8")
-    (out / "slipstream.json").write_text(json.dumps({"version": report.version, "pipeline": report.pipeline},
-                                                    indent=1) + "\n", encoding="utf-8")
+    (out / "slipstream.json").write_text(json.dumps(as_data(report), indent=1) + "\n", encoding="utf-8")
     return out
 
 

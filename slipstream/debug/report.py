@@ -178,3 +178,20 @@ def _decision_lines(decisions: list[tuple[str, str, str]]) -> list[str]:
         grouped[(impl, reason)].append(path)
     return [f"  > ran {impl} at {len(paths)} site(s) ({reason}): {_unit_summary(paths)}"
             for (impl, reason), paths in sorted(grouped.items())]
+
+
+def as_data(report: Report) -> dict:
+    """The report as JSON-ready data (the dump's slipstream.json): what render() shows, one entry per site."""
+    passes = {}
+    for name, record in report.passes.items():
+        passes[name] = {
+            "fused": record.fused,
+            "sites": [{"rule": rule, "path": path, "count": n} for (rule, path), n in sorted(record.matches.items())],
+            "refused": [{"rule": rule, "path": path, "reason": reason}
+                        for rule, path, reason in sorted(record.rejections)],
+            "decisions": [{"path": path, "implementation": impl, "reason": reason}
+                          for path, impl, reason in report.decisions(name)],
+        }
+    return {"version": report.version, "pipeline": report.pipeline, "units": list(report.units),
+            "units_run": sorted({unit for unit, _ in report.runs}), "graphs": report.graphs, "passes": passes,
+            "checks": [{"line": c.line(), "ok": c.ok} for c in report.checks]}
