@@ -1,7 +1,8 @@
 """A self-contained HTML report of a graph diff: one file, inline CSS and SVG, no scripts, no server.
 
 Per graph and changed pass: each region's before/after picture and a table of removed and added nodes (class
-`region`), the pass's refusals, and the numeric check's table when there is one (class `verify`).
+`region`), the pass's refusals, the numeric check's table when there is one (class `verify`), and the run-time
+decisions made so far (class `decisions`: which implementation ran at which sites, and why).
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def render_html(report: Report) -> str:
             f"<p>pipeline: <code>{e(report.pipeline)}</code></p>"]
     if report.checks:
         body.append(_verify_table(report.checks))
+    if report.decision_log:
+        body.append(_decisions_table(report))
     for trace in report.traces:
         served = sorted({unit for unit, gid in report.runs if gid == trace.graph_id})
         body.append(f'<h2 id="graph-{trace.graph_id}">graph {trace.graph_id}: {e(trace.unit or "<model>")} '
@@ -67,3 +70,15 @@ def _verify_table(checks: list) -> str:
     return ("<h2>numeric check</h2>" + "".join(f"<p><code>{e(line)}</code></p>" for line in head) +
             '<table class="verify"><tr><td>verdict</td><td>rule</td><td>module</td><td>max abs</td>'
             f"<td>max rel</td><td>tolerance</td><td>note</td></tr>{rows}</table>")
+
+
+def _decisions_table(report: Report) -> str:
+    e = html.escape
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+    for name in report.pass_names:
+        for path, impl, reason in report.decisions(name):
+            grouped.setdefault((name, impl, reason), []).append(path)
+    rows = "".join(f"<tr><td>{e(name)}</td><td>{e(impl)}</td><td>{e(reason)}</td><td>{len(paths)}</td>"
+                   f"<td>{e(_unit_summary(paths))}</td></tr>" for (name, impl, reason), paths in sorted(grouped.items()))
+    return ('<h2>run-time decisions</h2><table class="decisions"><tr><td>pass</td><td>ran</td><td>why</td>'
+            f"<td>sites</td><td>where</td></tr>{rows}</table>")

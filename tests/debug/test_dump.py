@@ -1,5 +1,5 @@
-"""The dump directory written after generation (slipstream.dump): explain.txt and slipstream.json carry the
-run-time decisions, and the repro.py rebuilds a Qwen3-TTS model and reruns the pipeline in a fresh process.
+"""The dump directory written after generation (slipstream.dump): explain.txt, slipstream.json and report.html
+carry the run-time decisions, and the repro.py rebuilds a Qwen3-TTS model and reruns the pipeline in a fresh process.
 (The causal-LM dump and its repro.py run through the command line in tests/test_cli.py.)"""
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ def test_tts_dump_after_generate_has_the_decisions_and_its_repro_reruns(tmp_path
             "reason": "mRoPE axes equal"} in data["passes"]["fold-mrope"]["decisions"]
     assert data["checks"] and all(c["ok"] for c in data["checks"])
     assert "talker.code_predictor.model.layers.0" in data["units_run"]
+    page = (out / "report.html").read_text()
+    decisions = page[page.index('<table class="decisions">'):]
+    assert "<td>fold-mrope</td><td>plain RoPE</td><td>mRoPE axes equal</td><td>2</td>" in decisions
 
     rerun = subprocess.run([sys.executable, str(out / "repro.py")], capture_output=True, text=True, cwd=tmp_path,
                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
