@@ -7,7 +7,6 @@ function of (graph, options) -> stats, mutating only the nodes it matched.
 from __future__ import annotations
 
 import fnmatch
-import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -15,7 +14,7 @@ from typing import Any, Callable, ClassVar
 from torch.fx import Graph, Node
 
 from ..context import REWRITE_BUDGET
-from .ops import module_path, view
+from .ops import is_size_computation, module_path, view
 from .pattern import Match, Pattern, is_metadata_assert, match, outside_users
 
 @dataclass(frozen=True)
@@ -185,42 +184,27 @@ def replace_root(m: Match, new: Node) -> None:
 
 
 def erase_matched(graph: Graph, nodes: list[Node]) -> list[Node]:
-    """Erase matched nodes that became dead, users first, then the size arithmetic only they used (`d // 2` of a
-    `[..., : d // 2]` slice); returns those orphans. Never a blanket dead-code elimination: graphs can hold
+    """Erase matched nodes that became dead, users first, and with them the size reads and arithmetic only they used
+    (`x.size(-1) // 2` as a slice bound); returns those. Never a blanket dead-code elimination: graphs can hold
     side-effecting nodes (KV-cache writes) that have no users."""
-    inputs = {i for n in nodes for i in n.all_input_nodes}
+    matched = set(nodes)
     for n in nodes:
         for user in [u for u in n.users if is_metadata_assert(u)]:
             graph.erase_node(user)
-    pending = list(nodes)
-    progress = True
-    while pending and progress:
+    sizes = {s for n in nodes for s in (*n.all_input_nodes, *n.users) if s not in matched and is_size_computation(s)}
+    pending, orphans, progress = list(nodes), [], True
+    while progress:
         progress = False
-        for n in list(pending):
-            if not n.users:
-                graph.erase_node(n)
+        for n in [n for n in pending + list(sizes) if not n.users]:
+            sizes.update(p for p in n.all_input_nodes if p not in matched and is_size_computation(p))
+            graph.erase_node(n)
+            if n in matched:
                 pending.remove(n)
-                progress = True
-    return _erase_orphaned_arithmetic(graph, inputs - set(nodes))
-
-
-# Python arithmetic on sizes in a captured graph: pure, so erasing it when nothing reads it changes nothing
-_SIZE_ARITHMETIC = frozenset({operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
-                              operator.mod, operator.neg, operator.pow})
-
-
-def _erase_orphaned_arithmetic(graph: Graph, candidates: set[Node]) -> list[Node]:
-    erased = []
-    pending = [n for n in candidates if n.op == "call_function" and n.target in _SIZE_ARITHMETIC]
-    while pending:
-        n = pending.pop()
-        if n.users or n.graph is not graph or n in erased:
-            continue
-        producers = n.all_input_nodes
-        graph.erase_node(n)
-        erased.append(n)
-        pending += [p for p in producers if p.op == "call_function" and p.target in _SIZE_ARITHMETIC]
-    return erased
+            else:
+                sizes.discard(n)
+                orphans.append(n)
+            progress = True
+    return orphans
 
 
 def tag_new_nodes(after: Node, until: Node, creator: str, path: str) -> None:

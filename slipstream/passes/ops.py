@@ -290,3 +290,21 @@ def site_path(node: Node) -> str:
     run-time decisions name the site relative to the unit that ran it."""
     path, unit = module_path(node), node.meta.get("slipstream_unit", "")
     return path[len(unit) + 1:] if unit and path.startswith(unit + ".") else ("" if path == unit else path)
+
+
+# Reading and computing sizes in a captured graph (`x.size()[-1] // 2`): pure, so erasing it when nothing reads it
+# changes nothing
+_SIZE_ARITHMETIC = frozenset({operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
+                              operator.mod, operator.neg, operator.pow, operator.getitem})
+
+
+def is_size_computation(node: Node) -> bool:
+    """`x.size()`, an element of it, or arithmetic on sizes: pure reads of metadata."""
+    if node.op == "call_method":
+        return node.target == "size"
+    if node.op != "call_function" or node.target not in _SIZE_ARITHMETIC:
+        return False
+    if node.target is operator.getitem:  # an element of a size tuple, not a tensor read
+        return isinstance(node.args[0], Node) and node.args[0].op == "call_method" and node.args[0].target == "size"
+    value = node.meta.get("val", node.meta.get("example_value"))
+    return isinstance(value, (int, float, torch.SymInt, torch.SymFloat))  # `a + b` on sizes, not on tensors

@@ -22,7 +22,8 @@ from typing import Any, Callable
 import torch
 from torch.fx import Node
 
-from .ops import tensor_meta, view
+from .checks import same_size
+from .ops import is_size_computation, tensor_meta, view
 
 COMMUTATIVE = frozenset({"add", "mul"})
 
@@ -110,9 +111,19 @@ def _bind(state: _State, name: str, value: Any) -> _State | None:
 
 
 def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
     if isinstance(a, Node) or isinstance(b, Node):
-        return a is b
+        # one size computed twice (dynamo does not merge two `x.size(-1) // 2`): the same if provably equal
+        return _is_size(a) and _is_size(b) and same_size(a, b)
     return type(a) is type(b) and a == b
+
+
+def _is_size(value: Any) -> bool:
+    if isinstance(value, Node):
+        return isinstance(value.meta.get("val", value.meta.get("example_value")), (torch.SymInt, int)) \
+            and not isinstance(value.meta.get("val", value.meta.get("example_value")), bool)
+    return type(value) is int
 
 
 def _is_scalar(value: Any) -> bool:
@@ -197,9 +208,14 @@ def outside_users(m: Match) -> list[Node]:
     for n in m.nodes:
         if n is m.root or n in m.boundary:
             continue
-        if any(u not in inside and not is_metadata_assert(u) for u in n.users):
+        if any(u not in inside and not is_metadata_assert(u) and not _sizes_for(u, inside) for u in n.users):
             leaked.append(n)
     return leaked
+
+
+def _sizes_for(node: Node, inside: set) -> bool:
+    """`node` reads sizes only for the match (`x.size(-1) // 2` as a slice bound in it): it dies with the match."""
+    return is_size_computation(node) and all(u in inside or _sizes_for(u, inside) for u in node.users)
 
 
 def is_metadata_assert(node: Node) -> bool:

@@ -40,6 +40,9 @@ def test_family_fused_and_exact_fp32(family):
     got = opt.generate(prompt, **greedy)
     assert torch.equal(got, ref.generate(prompt, **greedy))
     assert got.shape[1] == 5 + 16
+    # the prefill and decode variants captured by generate() fuse the same sites, counted once each
+    assert {name: report.fused(name) for name in expected} == expected, slipstream.explain(opt)
+    assert report.refusals() == [], slipstream.explain(opt)
 
 
 @pytest.mark.parametrize("family", models.SPINE_FAMILIES)

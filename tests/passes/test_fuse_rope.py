@@ -86,3 +86,21 @@ def test_refuses_wrong_split():
     assert all("not half of the rotary width" in reason for _, _, reason in report.refusals())
     assert sum(report.passes["fuse-rope"].rejections.values()) == 2  # q and k
     assert_agrees(opt, ref, *inputs)
+
+
+class RotaryDimFromCos(Rotary):
+    """GPT-NeoX style: the rotary width is read off cos (`q[..., : cos.shape[-1]]`), a size computed in the graph."""
+    def apply(self, x, cos, sin):
+        r = cos.shape[-1]
+        x_rot, x_pass = x[..., :r], x[..., r:]
+        return torch.cat([x_rot * cos + rotate_half(x_rot) * sin, x_pass], dim=-1)
+
+
+@pytest.mark.parametrize("s", [1, 5])
+def test_fires_when_the_rotary_width_is_read_off_cos(s):
+    inputs = _inputs(torch.float32, s=s, r=8)
+    opt, ref, report = optimize_with(RotaryDimFromCos(), "fuse-rope", *inputs)
+    assert report.passes["fuse-rope"].matches == {("partial-rotary", ""): 2}, report.refusals()
+    removed = [line for p in report.traces[0].passes for h in p.hunks for line in h.removed]
+    assert any("floordiv(" in line for line in removed)  # the size arithmetic went with the match: none left dead
+    assert_agrees(opt, ref, *inputs)

@@ -42,6 +42,26 @@ def test_commutative_and_literal_capture():
     assert match(Op("mul", Var("a"), Var("a")), root) is None  # one name binds one node
 
 
+def test_a_name_binds_one_size_however_often_it_is_computed():
+    """Dynamo does not merge two `x.size(-1) // 2` chains: a name bound to a size accepts another node computing
+    the same size (GPT-NeoX's decode graph), but never a different size or a tensor."""
+    g = fx.Graph()
+    x = g.placeholder("x")
+    x.meta["val"] = torch.empty(2, 8)
+
+    def half(divisor):
+        size = g.call_method("size", (x, -1))
+        size.meta["val"] = 8
+        out = g.call_function(operator.floordiv, (size, divisor))
+        out.meta["val"] = 8 // divisor
+        return out
+    a, b, c = half(2), half(2), half(4)
+    pattern = Op("add", Var("n"), Var("n"))
+    assert match(pattern, g.call_function(operator.add, (a, b)))["n"] is a
+    assert match(pattern, g.call_function(operator.add, (a, c))) is None
+    assert match(pattern, g.call_function(operator.add, (a, x))) is None
+
+
 def _export_graph(module: nn.Module, *inputs) -> fx.GraphModule:
     return torch.export.export(module, inputs).graph_module
 
