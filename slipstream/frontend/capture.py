@@ -42,20 +42,55 @@ def relative_path(source: str) -> str:
     return path.lstrip(".")
 
 
-def annotate(gm: GraphModule, unit_path: str) -> None:
-    """Give every node `val` (its fake tensor) and `slipstream_path` (the full dotted module path)."""
+def annotate(gm: GraphModule, unit_path: str, roots: dict[str, str] | None = None) -> None:
+    """Give every node `val` (its fake tensor) and `slipstream_path` (the full dotted module path). `roots`: where
+    the traced frame's module locals sit inside the unit (see `local_module_paths`); by default the unit itself."""
+    roots = roots or {}
+    own = roots.get("L['self']", "")  # ops written in the frame's own code belong to its module
     for node in gm.graph.nodes:
         if "val" not in node.meta and "example_value" in node.meta:
             node.meta["val"] = node.meta["example_value"]
         stack = node.meta.get("nn_module_stack") or {}
-        rel = relative_path(list(stack.values())[-1][0]) if stack else ""
-        node.meta["slipstream_path"] = ".".join(p for p in (unit_path, rel) if p)
+        source = list(stack.values())[-1][0] if stack else ""
+        root = _ROOT.match(source)
+        prefix = roots.get(root.group(0).removesuffix(".__self__"), own) if root else own
+        node.meta["slipstream_path"] = ".".join(p for p in (unit_path, prefix, relative_path(source)) if p)
         node.meta["slipstream_unit"] = unit_path
 
 
-def _compiled_entry(call: Callable, on_graph: GraphHook) -> DirectEntries:
+_ATTR = re.compile(r"\._(?:modules|parameters|buffers)\[['\"]([^'\"]+)['\"]\]|\.(\w+)")
+
+
+def local_module_paths(gm: GraphModule, example_inputs: list, unit: nn.Module | None) -> dict[str, str]:
+    """Where the traced frame's locals that hold modules sit inside the unit: {"L['self']": "block", ...}.
+    Our entry frame traces the unit itself (all paths ""). After a graph break, dynamo traces the frames below it
+    on their own: a submodule's forward (`L['self']` is that submodule), or a resume function (a module can sit in
+    `L['___stack0']`), and node paths are relative to those locals. Each is placed by identity: a parameter the
+    graph reads as `L[...].<path>` is `unit.<place>.<path>`."""
+    if unit is None:
+        return {}
+    names = {id(p): name for name, p in unit.named_parameters()}
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    roots: dict[str, str] = {}
+    for node, value in zip(placeholders, example_inputs):
+        source = getattr(getattr(node.meta.get("grapharg"), "source", None), "name", "")
+        root = _ROOT.match(source) if isinstance(source, str) else None
+        if root is None or id(value) not in names:
+            continue
+        key = root.group(0).removesuffix(".__self__")
+        rel = ".".join(a or b for a, b in _ATTR.findall(source[root.end():]))
+        full = names[id(value)]
+        if full == rel:
+            roots.setdefault(key, "")
+        elif full.endswith("." + rel):
+            roots.setdefault(key, full[:-len(rel) - 1])
+    return roots
+
+
+def _compiled_entry(call: Callable, on_graph: GraphHook, units: dict[str, nn.Module] | None = None) -> DirectEntries:
     """torch.compile over a fresh copy of `entry` (dynamo keeps its cache per code object), called through
-    DirectEntries so that calls matching a captured variant skip torch.compile's per-call wrapper."""
+    DirectEntries so that calls matching a captured variant skip torch.compile's per-call wrapper. `units`: the
+    modules the entry serves, by path (to place graphs of frames below the entry: `local_module_paths`)."""
     def entry(*args, **kwargs):
         return call(*args, **kwargs)
     code = entry.__code__.replace()
@@ -63,7 +98,7 @@ def _compiled_entry(call: Callable, on_graph: GraphHook) -> DirectEntries:
 
     def backend(gm: GraphModule, example_inputs):
         unit = CURRENT_UNIT.get()
-        annotate(gm, unit)
+        annotate(gm, unit, local_module_paths(gm, example_inputs, (units or {}).get(unit)))
         return on_graph(unit, gm)
 
     compiled = torch.compile(fresh, backend=backend, dynamic=True)
@@ -86,7 +121,7 @@ def install_group(units: list[tuple[str, nn.Module]], on_graph: GraphHook) -> No
         for unit in units:
             install_group([unit], on_graph)
         return
-    shared = _compiled_entry(type(modules[0]).forward, on_graph)
+    shared = _compiled_entry(type(modules[0]).forward, on_graph, dict(units))
     view_cache = stack_index_attrs(modules)
     for index, (path, module) in enumerate(units):
         _install_dispatcher(path, module, index, shared, view_cache, on_graph)
@@ -103,7 +138,7 @@ def _install_dispatcher(path: str, module: nn.Module, index: int, shared: Callab
             if not stateful:
                 return shared(module, *args, **kwargs)
             if not own:
-                own.append(_compiled_entry(type(module).forward, on_graph))
+                own.append(_compiled_entry(type(module).forward, on_graph, {path: module}))
             return own[0](module, *args, **kwargs)
         finally:
             CURRENT_UNIT.reset(token)
