@@ -2,7 +2,7 @@
 
 Three forms cover the families we know (and, by shape, those we don't):
 - weight-times-cast:        w * norm(x).to(dtype)                   (Llama, Qwen, Mistral, Phi-3, Granite, ...)
-- cast-of-weighted:         (w * norm(x)).to(dtype)                 (OLMo-2)
+- cast-of-weighted:         (w * norm(x)).to(dtype)                 (OLMo-2; Helium writes w.float() * norm(x))
 - cast-of-offset-weighted:  (norm(x) * (offset + w.float())).to(dtype) (Gemma 1/2/3: offset 1)
 eps and offset are captured, never matched exactly.
 """
@@ -34,6 +34,10 @@ def _check(cast_first: bool):
             return "the weight is computed in the graph, not a parameter"
         if w.dim() != 1 or not same_size(w.shape[0], x.shape[-1]):
             return f"weight shape {tuple(w.shape)} does not match the normalized size {x.shape[-1]}"
+        if "weight_cast" in m.bindings:  # w.float() * norm(x): the op's promotion does the same, exactly
+            cast, normed = tensor_meta(m["weight_cast"]), tensor_meta(m["normed"])
+            if cast.dtype != normed.dtype or torch.promote_types(w.dtype, normed.dtype) != normed.dtype:
+                return f"the weight is cast to {cast.dtype}, not to the norm's {normed.dtype}"
         out = tensor_meta(m.root)
         expected = _output_dtype(m, cast_first)
         return first_reason(
@@ -61,7 +65,8 @@ class FuseRmsNorm(Pass):
         return [
             Rule("cast-of-offset-weighted", Op("cast", Op("mul", NORMED, offset_weight)),
                  _replace(False), _check(False)),
-            Rule("cast-of-weighted", Op("cast", Op("mul", W, NORMED)), _replace(False), _check(False)),
+            Rule("cast-of-weighted", Op("cast", Op("mul", Op("cast", W, tag="weight_cast") | W, NORMED)),
+                 _replace(False), _check(False)),
             Rule("weight-times-cast", Op("mul", W, Op("cast", NORMED)), _replace(True), _check(True)),
             Rule("weight-times-norm", Op("mul", W, NORMED), _replace(True), _check(True)),
         ]

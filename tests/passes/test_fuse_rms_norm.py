@@ -30,6 +30,21 @@ class GemmaStyleNorm(LlamaStyleNorm):
         return (h * (1.0 + self.weight.float())).type_as(x)
 
 
+class HeliumStyleNorm(LlamaStyleNorm):
+    """Upcasts the weight before weighting (Helium): `(w.to(float32) * norm(x)).to(dtype)`."""
+    weight_dtype = torch.float32
+
+    def forward(self, x):
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight.to(self.weight_dtype) * h).to(x.dtype)
+
+
+class HalfWeightNorm(HeliumStyleNorm):
+    """Rounds the weight to fp16 first: not what the op computes."""
+    weight_dtype = torch.float16
+
+
 class LeakyNorm(LlamaStyleNorm):
     """Returns its normalized intermediate too: fusing would have to recompute it, so the pass must refuse."""
     def forward(self, x):
@@ -57,6 +72,26 @@ def test_fires_and_agrees(dtype, hidden):
     rules = {rule for rule, _ in report.passes["fuse-rms-norm"].matches}
     assert rules == {"weight-times-cast", "cast-of-offset-weighted"}
     assert report.refusals() == []
+    assert_agrees(opt, ref, x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fires_on_an_upcast_weight_and_agrees_exactly(dtype):
+    module = HeliumStyleNorm(97).to(dtype)
+    x = torch.randn(3, 5, 97, dtype=dtype)
+    opt, ref, report = optimize_with(module, "fuse-rms-norm", x)
+    assert report.passes["fuse-rms-norm"].matches == {("cast-of-weighted", ""): 1}
+    with torch.no_grad():
+        assert torch.equal(opt(x), ref(x))
+    assert_agrees(opt, ref, x)
+
+
+def test_refuses_a_weight_cast_to_another_dtype():
+    module = HalfWeightNorm(64)
+    x = torch.randn(3, 5, 64)
+    opt, ref, report = optimize_with(module, "fuse-rms-norm", x)
+    assert report.fused("fuse-rms-norm") == 0
+    assert [r for _, _, r in report.refusals()] == ["the weight is cast to torch.float16, not to the norm's torch.float32"]
     assert_agrees(opt, ref, x)
 
 
