@@ -34,11 +34,15 @@ def _config(family: str, **overrides):
         return tf.GraniteConfig(**common)
     if family == "olmo2":
         return tf.Olmo2Config(**common)
+    if family == "glm":  # interleaved partial rotary, fused gate/up projection
+        return tf.GlmConfig(**common, head_dim=16)
+    if family == "helium":  # interleaved rotary, norm weight upcast before weighting
+        return tf.HeliumConfig(**common, head_dim=16)
     raise ValueError(f"unknown test family {family!r}")
 
 
 SPINE_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3", "phi3")
-UNNAMED_FAMILIES = ("granite", "olmo2")
+UNNAMED_FAMILIES = ("granite", "olmo2", "glm", "helium")
 
 
 def build(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, **overrides):

@@ -1,4 +1,7 @@
-"""fuse-rope: `x * cos + rotate_half(x) * sin` (rotate-half layout, full or partial rotary) -> slipstream::rope.
+"""fuse-rope: `x * cos + rotate_half(x) * sin` (full or partial rotary) -> slipstream::rope.
+
+Two rotations: halves (Llama's `cat((-x[..., h:], x[..., :h]), -1)`) and interleaved neighbours (GLM, Helium,
+Ernie 4.5, Cohere: `stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)`, the op's `interleaved`).
 
 Applications to q and k that share cos/sin in one module become one call (one kernel launch for both).
 cos/sin arrive broadcast over heads: `[b, 1, s, r]` (heads at dim 1, the Hugging Face default) or `[b, s, 1, r]`
@@ -25,13 +28,23 @@ def _rotated(x) -> Op:
               Op("slice", x, dim=-1, start=0, end=half), dim=-1)
 
 
-def _apply(x) -> Op:
-    return Op("add", Op("mul", x, COS), Op("mul", _rotated(x), SIN))
+def _rotated_interleaved(x) -> Op:
+    def every_other(start: int) -> Op:
+        return Op("strided_slice", x, dim=-1, start=start, end=Var(f"end{start}"), step=2)
+    return Op("flatten", Op("stack", Op("neg", every_other(1)), every_other(0), dim=-1), start_dim=-2, end_dim=-1)
 
 
-_ROT_PART = Op("slice", Q, dim=-1, start=0, end=Var("rdim"), tag="rot_part")
-PARTIAL = Op("cat", _apply(_ROT_PART), Op("slice", Q, dim=-1, start=Var("rdim"), end=Var("dim_end")), dim=-1)
-FULL = _apply(Q)
+def _apply(x, rotated=_rotated) -> Op:
+    return Op("add", Op("mul", x, COS), Op("mul", rotated(x), SIN))
+
+
+def _partial(rotated) -> Op:
+    rot_part = Op("slice", Q, dim=-1, start=0, end=Var("rdim"), tag="rot_part")
+    return Op("cat", _apply(rot_part, rotated), Op("slice", Q, dim=-1, start=Var("rdim"), end=Var("dim_end")), dim=-1)
+
+
+PARTIAL, FULL = _partial(_rotated), _apply(Q)
+PARTIAL_INTERLEAVED, FULL_INTERLEAVED = _partial(_rotated_interleaved), _apply(Q, _rotated_interleaved)
 
 
 def _heads_dim(m: Match) -> int | None:
@@ -55,9 +68,13 @@ def _check(m: Match) -> str | None:
         return f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} differ in shape"
     if "rdim" in m.bindings and not same_size(m["rdim"], rdim):
         return f"rotary slice {m['rdim']} differs from cos/sin width {rdim}"
-    half = scalar(m["half"])
-    if half is None or not (same_size(half, rdim // 2) or same_size(2 * half, rdim)) or not same_size(m["end"], rdim):
-        return f"rotate_half splits at {half}, not half of the rotary width {rdim}"
+    if "half" in m.bindings:
+        half = scalar(m["half"])
+        if half is None or not (same_size(half, rdim // 2) or same_size(2 * half, rdim)) \
+                or not same_size(m["end"], rdim):
+            return f"rotate_half splits at {half}, not half of the rotary width {rdim}"
+    elif not (same_size(m["end0"], rdim) and same_size(m["end1"], rdim)):
+        return f"the interleaved rotation reads {m['end0']} dims, not the rotary width {rdim}"
     if _heads_dim(m) is None:
         return (f"cos/sin layout {tuple(cos.shape)} against q/k {tuple(x.shape)} is not [b,1,s,r] or [b,s,1,r]")
     if cos.dtype != x.dtype or sin.dtype != x.dtype:
@@ -70,37 +87,43 @@ def _check(m: Match) -> str | None:
 class FuseRope(Pass):
     name = "fuse-rope"
     anchors = ("neg",)
-    summary = "q * cos + rotate_half(q) * sin (full or partial rotary; q and k together) -> slipstream::rope"
+    summary = "q * cos + rotate_half(q) * sin (halves or interleaved, full or partial rotary; q and k together) " \
+              "-> slipstream::rope"
 
     def is_anchor(self, node: Node) -> bool:
-        """rotate_half's `neg` (a negated slice feeding a cat), not any negation."""
+        """rotate_half's `neg` (a negated slice feeding a cat or stack), not any negation."""
         v = view(node)
-        return (v is not None and v.name == "neg" and getattr(view(v.inputs[0]), "name", None) == "slice"
-                and any(getattr(view(u), "name", None) == "cat" for u in node.users))
+        return (v is not None and v.name == "neg"
+                and getattr(view(v.inputs[0]), "name", None) in ("slice", "strided_slice")
+                and any(getattr(view(u), "name", None) in ("cat", "stack") for u in node.users))
 
     def rules(self) -> list[Rule]:
-        return [Rule("partial-rotary", PARTIAL, None, _check), Rule("rotate-half", FULL, None, _check)]
+        return [Rule("partial-rotary", PARTIAL, None, _check), Rule("rotate-half", FULL, None, _check),
+                Rule("partial-interleaved", PARTIAL_INTERLEAVED, None, _check),
+                Rule("interleaved", FULL_INTERLEAVED, None, _check)]
 
     def apply(self, graph: Graph, found: list, stats: PassStats) -> None:
         order = {n: i for i, n in enumerate(graph.nodes)}
         groups: dict[tuple, list[tuple[Rule, Match]]] = {}
         for rule, m in found:
-            groups.setdefault((m["cos"], m["sin"], module_path(m.root), _heads_dim(m)), []).append((rule, m))
-        for (cos, sin, path, heads_dim), members in groups.items():
+            key = (m["cos"], m["sin"], module_path(m.root), _heads_dim(m), "end0" in m.bindings)
+            groups.setdefault(key, []).append((rule, m))
+        for (cos, sin, path, heads_dim, interleaved), members in groups.items():
             members.sort(key=lambda rm: order[rm[1].root])
             while members:
                 pair = members[:2] if _can_pair(members[:2], order) else members[:1]
                 del members[:len(pair)]
-                self._rewrite(graph, pair, cos, sin, heads_dim, stats)
+                self._rewrite(graph, pair, cos, sin, heads_dim, interleaved, stats)
 
-    def _rewrite(self, graph: Graph, pair: list, cos: Node, sin: Node, heads_dim: int, stats: PassStats) -> None:
+    def _rewrite(self, graph: Graph, pair: list, cos: Node, sin: Node, heads_dim: int, interleaved: bool,
+                 stats: PassStats) -> None:
         first = pair[0][1].root
         anchor = first.prev
         with graph.inserting_before(first):
             xs = [_to_bhsd(graph, m["x"], heads_dim) for _, m in pair]
             c, s = (_without_heads_dim(graph, t, heads_dim) for t in (cos, sin))
             q, k = (xs[0], xs[1]) if len(xs) == 2 else (xs[0], xs[0])
-            both = graph.call_function(torch.ops.slipstream.rope.default, (q, k, c, s))
+            both = graph.call_function(torch.ops.slipstream.rope.default, (q, k, c, s) + ((True,) if interleaved else ()))
             outs = [_to_bhsd(graph, graph.call_function(operator.getitem, (both, i)), heads_dim) for i in range(len(pair))]
         label = "+".join(rule.name for rule, _ in pair)
         tag_new_nodes(anchor, first, f"{self.name}:{label}", module_path(first))

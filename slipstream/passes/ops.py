@@ -101,7 +101,8 @@ def _aten_slice(node: Node):
 
 
 def _slice_params(x: Any, dim: int, start: Any, end: Any, step: Any):
-    if step not in (None, 1):
+    """`slice` params; a step other than 1 adds `step` (read as `strided_slice`, see `view`)."""
+    if step not in (None, 1) and not (type(step) is int and step > 1):
         return None
     meta = tensor_meta(x)
     size = meta.shape[dim] if meta is not None else None
@@ -111,7 +112,8 @@ def _slice_params(x: Any, dim: int, start: Any, end: Any, step: Any):
         start += size
     if size is not None and isinstance(end, int) and end < 0:
         end += size
-    return (x,), {"dim": dim, "start": start, "end": end}
+    params = {"dim": dim, "start": start, "end": end}
+    return (x,), params if step in (None, 1) else {**params, "step": step}
 
 
 def _getitem(node: Node):
@@ -139,6 +141,18 @@ def _unsqueeze(node: Node):
     x = node.args[0]
     nd = _ndim(node)
     return (x,), {"dim": _neg_dim(int(_arg(node, 1, "dim")), nd)}
+
+
+def _stack(node: Node):
+    tensors = _arg(node, 0, "tensors")
+    ndim = _ndim(tensors[0]) if tensors else None
+    return tuple(tensors), {"dim": _neg_dim(int(_arg(node, 1, "dim", 0)), None if ndim is None else ndim + 1)}
+
+
+def _flatten(node: Node):
+    x, nd = node.args[0], _ndim(node.args[0])
+    start, end = int(_arg(node, 1, "start_dim", 0)), int(_arg(node, 2, "end_dim", -1))
+    return (x,), {"start_dim": _neg_dim(start, nd), "end_dim": _neg_dim(end, nd)}
 
 
 def _chunk(node: Node):
@@ -229,6 +243,8 @@ _register("pow", _square, (torch.square,), ("square",))
 _register("mean", _mean, (torch.mean, aten.mean.dim), ("mean",))
 _register("cast", _cast, (aten._to_copy.default, aten.to.dtype, aten.type_as.default), ("to", "float", "half", "bfloat16", "type_as", "type"))
 _register("cat", _cat, (torch.cat, torch.concat, aten.cat.default), ())
+_register("stack", _stack, (torch.stack, aten.stack.default), ())
+_register("flatten", _flatten, (torch.flatten,), ("flatten",))
 _register("slice", _aten_slice, (aten.slice.Tensor,), ())
 _register("slice", _getitem, (operator.getitem,), ())
 _register("unsqueeze", _unsqueeze, (torch.unsqueeze, aten.unsqueeze.default), ("unsqueeze",))
@@ -275,6 +291,8 @@ def view(node: Any) -> OpView | None:
     inputs, params = read
     if name == "slice" and "index" in params:
         name = "getitem"
+    elif name == "slice" and "step" in params:  # x[..., 1::2]: never read as a plain slice
+        name = "strided_slice"
     elif name == "slice" and "unsqueeze" in params:
         name, params = "unsqueeze", {"dim": params["unsqueeze"]}
     return OpView(name, inputs, params)

@@ -19,6 +19,16 @@ def _hf_rope(q, k, cos, sin):
     return apply_rotary_pos_emb(q, k, cos, sin)
 
 
+def _hf_rope_interleaved(q, k, cos, sin):
+    # GLM's rotation of neighbouring dims (GLM, Helium, Ernie 4.5 and Cohere write the same), applied as
+    # GLM's apply_rotary_pos_emb does after it has interleaved its tables, with the partial-rotary pass-through.
+    from transformers.models.glm.modeling_glm import rotate_half
+
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    r = cos.shape[-1]
+    return tuple(torch.cat([x[..., :r] * cos + rotate_half(x[..., :r]) * sin, x[..., r:]], -1) for x in (q, k))
+
+
 def _inputs(b, hq, hk, s, d, r, cos_batch, dtype):
     """q as HF makes it (a transpose of [B, S, H, D]), k contiguous, random cos/sin (unequal halves)."""
     q = randn(b, s, hq, d, dtype=dtype).transpose(1, 2)
@@ -26,16 +36,16 @@ def _inputs(b, hq, hk, s, d, r, cos_batch, dtype):
     return q, k, randn(cos_batch, s, r, dtype=dtype), randn(cos_batch, s, r, dtype=dtype)
 
 
-def _check(q, k, cos, sin, impl):
+def _check(q, k, cos, sin, impl, interleaved=False):
     """Forward and backward of slipstream::rope against the float64 math."""
     dtype = q.dtype
     q, k = leaf(q), leaf(k)
     with impl_context(impl):
-        out_q, out_k = rope(q, k, cos, sin)
+        out_q, out_k = rope(q, k, cos, sin, interleaved)
         go = randn(*out_q.shape, dtype=dtype), randn(*out_k.shape, dtype=dtype)
         dq, dk = grads((out_q, out_k), [q, k], go)
     q64, k64 = f64(q), f64(k)
-    ref_q, ref_k = _hf_rope(q64, k64, cos.double(), sin.double())
+    ref_q, ref_k = (_hf_rope_interleaved if interleaved else _hf_rope)(q64, k64, cos.double(), sin.double())
     dq64, dk64 = grads((ref_q, ref_k), [q64, k64], (go[0].double(), go[1].double()))
     for out, ref, x in ((out_q, ref_q, q), (out_k, ref_k, k)):
         assert out.dtype == dtype and out.shape == x.shape and out.is_contiguous()
@@ -55,8 +65,17 @@ def test_rope(impl, dtype, rotary, cos_batch):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_rope_one_token(impl):
-    _check(*_inputs(1, 3, 1, 1, 64, 32, 1, torch.bfloat16), impl)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rotary", ROTARY)
+def test_rope_interleaved(impl, dtype, rotary):
+    d, r = ROTARY[rotary]
+    _check(*_inputs(2, 4, 2, 5, d, r, 2, dtype), impl, interleaved=True)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["halves", "interleaved"])
+def test_rope_one_token(impl, interleaved):
+    _check(*_inputs(1, 3, 1, 1, 64, 32, 1, torch.bfloat16), impl, interleaved)
 
 
 def test_rope_many_heads():
@@ -73,21 +92,24 @@ def test_kernel_rounding_is_exact_in_fp16():
     to the reference, forward and backward."""
     q, k, cos, sin = _inputs(2, 4, 2, 5, 96, 40, 2, torch.float16)
     for backward in (False, True):
-        expected = rope_reference(q, k, cos, sin, backward)
-        with impl_context("triton"):
-            actual = rope_apply(q, k, cos, sin, backward)
-        assert all(torch.equal(a, e) for a, e in zip(actual, expected))
+        for interleaved in (False, True):
+            expected = rope_reference(q, k, cos, sin, backward, interleaved)
+            with impl_context("triton"):
+                actual = rope_apply(q, k, cos, sin, backward, interleaved)
+            assert all(torch.equal(a, e) for a, e in zip(actual, expected))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("rotary", ["full", "partial"])
-def test_reference_matches_hf(dtype, rotary):
+@pytest.mark.parametrize("interleaved", [False, True], ids=["halves", "interleaved"])
+def test_reference_matches_hf(dtype, rotary, interleaved):
     """The CPU path is op-for-op HF eager, forward and backward: bit-equal in bf16."""
     d, r = ROTARY[rotary]
     q, k, cos, sin = _inputs(2, 4, 2, 5, d, r, 1, dtype)
     go = randn(2, 4, 5, d, dtype=dtype), randn(2, 2, 5, d, dtype=dtype)
     results = []
-    for fn in (rope, _hf_rope):
+    ours = (lambda *a: rope(*a, True)) if interleaved else rope
+    for fn in (ours, _hf_rope_interleaved if interleaved else _hf_rope):
         ql, kl = leaf(q), leaf(k)
         out = fn(ql, kl, cos, sin)
         results.append((*out, *grads(out, [ql, kl], go)))
@@ -122,9 +144,10 @@ def test_opcheck(impl):
     q, k, cos, sin = _inputs(2, 4, 2, 3, 16, 8, 2, torch.float32)
     q, k = leaf(q), leaf(k)
     with impl_context(impl):
-        torch.library.opcheck(torch.ops.slipstream.rope.default, (q, k, cos, sin))
         grad_q, grad_k = randn(2, 3, 4, 16).transpose(1, 2), randn(2, 2, 3, 16)
-        torch.library.opcheck(torch.ops.slipstream.rope_backward.default, (grad_q, grad_k, cos, sin))
+        for interleaved in (False, True):
+            torch.library.opcheck(torch.ops.slipstream.rope.default, (q, k, cos, sin, interleaved))
+            torch.library.opcheck(torch.ops.slipstream.rope_backward.default, (grad_q, grad_k, cos, sin, interleaved))
 
 
 def test_compile_and_export():

@@ -1,4 +1,5 @@
-"""fuse-rope: fires (full and partial rotary, q and k in one call, both head layouts), refuses, agrees."""
+"""fuse-rope: fires (full and partial rotary, halves and interleaved, q and k in one call, both head layouts),
+refuses, agrees."""
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,15 @@ def rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
+def rotate_neighbours(x):
+    """GLM's / Helium's rotate_half: pairs of neighbouring dims."""
+    return torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+
+
 class Rotary(nn.Module):
     """q [b,h,s,d] (or [b,s,h,d] with heads_dim=2), cos/sin [b,s,r] unsqueezed over heads, like HF models."""
+    rotate = staticmethod(rotate_half)
+
     def __init__(self, rotary_dim=None, heads_dim=1, with_k=True):
         super().__init__()
         self.rotary_dim, self.heads_dim, self.with_k = rotary_dim, heads_dim, with_k
@@ -22,14 +30,18 @@ class Rotary(nn.Module):
     def apply(self, x, cos, sin):
         r = self.rotary_dim
         if r is None:
-            return x * cos + rotate_half(x) * sin
+            return x * cos + self.rotate(x) * sin
         x_rot, x_pass = x[..., :r], x[..., r:]
-        return torch.cat([x_rot * cos + rotate_half(x_rot) * sin, x_pass], dim=-1)
+        return torch.cat([x_rot * cos + self.rotate(x_rot) * sin, x_pass], dim=-1)
 
     def forward(self, q, k, cos, sin):
         cos, sin = cos.unsqueeze(self.heads_dim), sin.unsqueeze(self.heads_dim)
         q = self.apply(q, cos, sin)
         return (q, self.apply(k, cos, sin)) if self.with_k else q
+
+
+class InterleavedRotary(Rotary):
+    rotate = staticmethod(rotate_neighbours)
 
 
 def _inputs(dtype, b=2, s=5, hq=4, hk=2, d=16, r=None, heads_dim=1, cos_batch=None):
@@ -51,6 +63,42 @@ def test_fires_and_agrees(dtype, rotary_dim, heads_dim, cos_batch):
     rule = "rotate-half" if rotary_dim is None else "partial-rotary"
     assert report.passes["fuse-rope"].matches == {(rule, ""): 2}
     assert_agrees(opt, ref, *inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rotary_dim,heads_dim", [(None, 1), (8, 1), (None, 2)])
+def test_interleaved_fires_and_agrees(dtype, rotary_dim, heads_dim):
+    inputs = _inputs(dtype, r=rotary_dim, heads_dim=heads_dim)
+    opt, ref, report = optimize_with(InterleavedRotary(rotary_dim, heads_dim), "fuse-rope", *inputs)
+    rule = "interleaved" if rotary_dim is None else "partial-interleaved"
+    assert report.passes["fuse-rope"].matches == {(rule, ""): 2}
+    with torch.no_grad():  # the CPU reference is HF's computation, op for op
+        assert all(torch.equal(g, w) for g, w in zip(opt(*inputs), ref(*inputs)))
+    assert_agrees(opt, ref, *inputs)
+
+
+class HalvesAndNeighbours(Rotary):
+    """q rotated by halves, k by neighbours: two calls, one per layout, never one call for both."""
+    def forward(self, q, k, cos, sin):
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_neighbours(k) * sin
+
+
+def test_each_layout_gets_its_own_call():
+    inputs = _inputs(torch.float32)
+    opt, ref, report = optimize_with(HalvesAndNeighbours(), "fuse-rope", *inputs)
+    assert report.passes["fuse-rope"].matches == {("rotate-half", ""): 1, ("interleaved", ""): 1}
+    assert_agrees(opt, ref, *inputs)
+
+
+@pytest.mark.parametrize("module", [Rotary, InterleavedRotary])
+def test_refuses_mismatched_cos_dtype_in_either_layout(module):
+    q, k, cos, sin = _inputs(torch.bfloat16)
+    opt, ref, report = optimize_with(module(), "fuse-rope", q, k, cos.float(), sin.float())
+    assert report.fused("fuse-rope") == 0
+    assert {r for _, _, r in report.refusals()} == {
+        "cos/sin dtype torch.float32 differs from q/k dtype torch.bfloat16 (eager would promote)"}
+    assert_agrees(opt, ref, q, k, cos.float(), sin.float())
 
 
 def test_single_application_fuses_alone():
