@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -33,6 +34,9 @@ def _bare_package(name: str, path: list[str]) -> None:
         module = types.ModuleType(name)
         module.__path__ = path
         module.__package__ = name
+        # a spec like a real package's: importlib.util.find_spec(name) raises on a module whose __spec__ is None
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        module.__spec__.submodule_search_locations = path
         sys.modules[name] = module
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..context import CURRENT_UNIT, DECISIONS
+from ..context import record_decision
 from .tensor_memo import TensorMemo
 
 IMPLS = ("auto", "triton", "reference")   # triton: the slipstream::attention op (Triton where Triton runs)
@@ -139,10 +139,8 @@ def attention(q, k, v, k_orig, v_orig, mask, *, causal: bool, scale, dropout_p: 
     s, t = q.shape[-2], k.shape[-2]
     info = classify_mask(mask, causal, s, t)
     choice, reason = choose(q, info, impl, dropout_p, training)
-    sink = DECISIONS.get()
-    if sink is not None:  # the running model's report
-        label = "reference" if choice == "reference" else kernel_name(q, k, info.kind == "packed")
-        sink.add(("fuse-attention", CURRENT_UNIT.get() or unit, site, label, reason))
+    record_decision("fuse-attention", unit, site,
+                    lambda: "reference" if choice == "reference" else kernel_name(q, k, info.kind == "packed"), reason)
     if choice == "reference":
         return _reference(q, k_orig, v_orig, mask, causal, scale, dropout_p, training, softcap, form)
     from .attention import attention as fused_attention

@@ -20,7 +20,7 @@ import sys
 import torch
 from torch import Tensor
 
-from slipstream.context import CURRENT_UNIT, DECISIONS
+from slipstream.context import record_decision
 from slipstream.kernels.registry import define_op
 from slipstream.kernels.tensor_memo import TensorMemo
 
@@ -74,9 +74,7 @@ def _mrope_select(table: Tensor, half: bool, axes: list[int], starts: list[int],
                   steps: list[int], repeat: int, site: str, unit: str) -> Tensor:
     _check(table, axes, starts, ends, steps, repeat)
     same = axes_equal(table, axes)
-    sink = DECISIONS.get()
-    if sink is not None:  # the running model's report
-        sink.add(("fold-mrope", CURRENT_UNIT.get() or unit, site, PLAIN if same else EXACT, SAME if same else DIFFER))
+    record_decision("fold-mrope", unit, site, PLAIN if same else EXACT, SAME if same else DIFFER)
     if same:
         return _plain(table, half, repeat)
     return mrope_reference(table, half, axes, starts, ends, steps, repeat)

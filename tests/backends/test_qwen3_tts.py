@@ -67,6 +67,14 @@ def test_generate_identical_for_a_batch_of_two_text_lengths(pair):
         assert torch.equal(g, w)
 
 
+def test_loaded_packages_are_findable_like_real_ones(pair):
+    """The packages registered without their __init__ (qwen_tts_import.py) still answer importlib's questions."""
+    import importlib.util
+    for name in ("qwen_tts", "qwen_tts.core", "qwen_tts.core.models"):
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.submodule_search_locations
+
+
 def test_forward_logits_match_fp32(pair):
     opt, ref = pair
     g = torch.Generator().manual_seed(3)
