@@ -20,6 +20,7 @@ def record_decision(pass_name: str, unit: str, site: str, label: str | Callable[
     if sink is not None:
         sink.add((pass_name, CURRENT_UNIT.get() or unit, site, label() if callable(label) else label, reason))
 
+
 # Bisection (debug/bisect.py): how many more matches a pass may apply; None = no limit. Pass.find consults it.
 REWRITE_BUDGET: contextvars.ContextVar = contextvars.ContextVar("slipstream_rewrite_budget", default=None)
 

@@ -10,7 +10,7 @@ import html
 
 from .diff import verify_lines
 from .pictures import COLORS, to_svg
-from .report import Report, _unit_summary
+from .report import Report, _unit_summary, decision_groups
 
 _CSS = f"""
 body {{ font-family: sans-serif; margin: 24px; background: #ffffff; color: #202124; }}
@@ -74,11 +74,9 @@ def _verify_table(checks: list) -> str:
 
 def _decisions_table(report: Report) -> str:
     e = html.escape
-    grouped: dict[tuple[str, str, str], list[str]] = {}
-    for name in report.pass_names:
-        for path, impl, reason in report.decisions(name):
-            grouped.setdefault((name, impl, reason), []).append(path)
     rows = "".join(f"<tr><td>{e(name)}</td><td>{e(impl)}</td><td>{e(reason)}</td><td>{len(paths)}</td>"
-                   f"<td>{e(_unit_summary(paths))}</td></tr>" for (name, impl, reason), paths in sorted(grouped.items()))
+                   f"<td>{e(_unit_summary(paths))}</td></tr>"
+                   for name in sorted(report.pass_names)
+                   for impl, reason, paths in decision_groups(report.decisions(name)))
     return ('<h2>run-time decisions</h2><table class="decisions"><tr><td>pass</td><td>ran</td><td>why</td>'
             f"<td>sites</td><td>where</td></tr>{rows}</table>")

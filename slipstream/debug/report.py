@@ -172,12 +172,17 @@ def render(report: Report) -> str:
     return "\n".join(lines)
 
 
-def _decision_lines(decisions: list[tuple[str, str, str]]) -> list[str]:
+def decision_groups(decisions: list[tuple[str, str, str]]) -> list[tuple[str, str, list[str]]]:
+    """(implementation, reason, module paths) per distinct choice, sorted: how explain() and the HTML show them."""
     grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
     for path, impl, reason in decisions:
         grouped[(impl, reason)].append(path)
+    return [(impl, reason, paths) for (impl, reason), paths in sorted(grouped.items())]
+
+
+def _decision_lines(decisions: list[tuple[str, str, str]]) -> list[str]:
     return [f"  > ran {impl} at {len(paths)} site(s) ({reason}): {_unit_summary(paths)}"
-            for (impl, reason), paths in sorted(grouped.items())]
+            for impl, reason, paths in decision_groups(decisions)]
 
 
 def as_data(report: Report) -> dict:

@@ -18,26 +18,23 @@ TTS_MODEL_TYPE = "qwen3_tts"
 TTS_FRAMES = 3  # enough for prefill and decode variants of the talker and the code predictor
 
 
-def _model_type(directory: Path) -> str:
-    return json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type", "")
-
-
 def load(config_dir: Path, checkpoint: str | None) -> nn.Module:
     """The checkpoint's model if `checkpoint` holds a config.json, else a seed-0 random model of `config_dir`'s."""
     source = Path(checkpoint) if checkpoint and (Path(checkpoint) / "config.json").is_file() else None
-    if _model_type(source or config_dir) == TTS_MODEL_TYPE:
+    config = json.loads(((source or config_dir) / "config.json").read_text(encoding="utf-8"))
+    if config.get("model_type") == TTS_MODEL_TYPE:
         from ..frontend import qwen3_tts
         if source is not None:
             return qwen3_tts.load(source)
-        data = json.loads((config_dir / "config.json").read_text(encoding="utf-8"))
-        return qwen3_tts.build(qwen3_tts.config_from_dict(data), seed=0)
+        return qwen3_tts.build(qwen3_tts.config_from_dict(config), seed=0)
     from transformers import AutoConfig, AutoModelForCausalLM
     if source is not None:
         return AutoModelForCausalLM.from_pretrained(source, dtype="auto").eval()
-    config = AutoConfig.from_pretrained(config_dir)
-    dtype = getattr(config, "dtype", None) or torch.float32
+    hf_config = AutoConfig.from_pretrained(config_dir)
+    dtype = getattr(hf_config, "dtype", None) or torch.float32
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
     return model.eval()
 
 
@@ -57,7 +54,7 @@ def exercise(model: nn.Module) -> None:
 
 def main(dump_dir: Path, checkpoint: str | None, verify: bool, argv: list[str]) -> int:
     import slipstream
-    from .report import render
+    from .report import _decision_lines
 
     torch.set_num_threads(1)
     pipeline = (dump_dir / "pipeline.txt").read_text(encoding="utf-8").strip()
@@ -65,7 +62,7 @@ def main(dump_dir: Path, checkpoint: str | None, verify: bool, argv: list[str]) 
     exercise(model)
     report = slipstream.report(model)
     print(slipstream.diff(model), end="")
-    decisions = [line for line in render(report).splitlines() if line.startswith("  > ")]
+    decisions = [line for name in report.pass_names for line in _decision_lines(report.decisions(name))]
     if decisions:
         print("\nrun-time decisions:\n" + "\n".join(decisions))
     return 1 if any(not c.ok for c in report.checks) else 0

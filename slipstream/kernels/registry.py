@@ -72,13 +72,16 @@ def grad_function(op) -> Callable | None:
     autograd.Function only tracks tensors passed as arguments, so tensor lists (`lora_linear`'s adapters) travel
     flattened: the op's arguments come first, in order, each tensor list replaced by its length, then the lists'
     tensors. An argument keeps its index, so the formula's `ctx.needs_input_grad[i]` means what it means for the op,
-    and its gradient lists are flattened back the same way."""
+    and its gradient lists are flattened back the same way. Arguments left out take the schema's defaults, as the
+    op's own setup_context sees them."""
     if op not in AUTOGRAD:
         return None
     impl, (setup_context, backward) = IMPLEMENTATIONS[op], AUTOGRAD[op]
     tensor_list = torch.ListType.ofTensors()
-    lists = [i for i, a in enumerate(op._schema.arguments) if a.type.isSubtypeOf(tensor_list)]
-    n_args = len(op._schema.arguments)
+    arguments = op._schema.arguments
+    lists = [i for i, a in enumerate(arguments) if a.type.isSubtypeOf(tensor_list)]
+    n_args = len(arguments)
+    defaults = [a.default_value if a.has_default_value() else None for a in arguments]
 
     def unflatten(flat: tuple) -> tuple:
         args, tail = list(flat[:n_args]), flat[n_args:]
@@ -104,12 +107,13 @@ def grad_function(op) -> Callable | None:
         "__module__": __name__, "forward": staticmethod(forward),
         "backward": staticmethod(backward_flat if lists else backward)})
 
-    def call(*args):  # a plain function: FX's code generation cannot name `apply` of a local class
+    def run(*args):  # a plain function: FX's code generation cannot name `apply` of a local class
+        args = (*args, *defaults[len(args):])
         if not lists:
             return function.apply(*args)
         flat = list(args)
         for i in lists:
             flat[i] = len(args[i])
         return function.apply(*flat, *(t for i in lists for t in args[i]))
-    call.__name__ = call.__qualname__ = name
-    return call
+    run.__name__ = run.__qualname__ = name
+    return run

@@ -89,9 +89,9 @@ def _rope_fake(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, interleaved: bool
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    _, _, cos, sin, *interleaved = inputs
+    _, _, cos, sin, interleaved = inputs
     ctx.save_for_backward(cos, sin)
-    ctx.interleaved = bool(interleaved and interleaved[0])
+    ctx.interleaved = interleaved
 
 
 def _backward(ctx, grad_q: Tensor, grad_k: Tensor) -> tuple[Optional[Tensor], ...]:

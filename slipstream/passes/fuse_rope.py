@@ -47,6 +47,11 @@ PARTIAL, FULL = _partial(_rotated), _apply(Q)
 PARTIAL_INTERLEAVED, FULL_INTERLEAVED = _partial(_rotated_interleaved), _apply(Q, _rotated_interleaved)
 
 
+def _interleaved(m: Match) -> bool:
+    """Whether the match rotates neighbouring dims (the interleaved rules bind their strided slices' ends)."""
+    return "end0" in m.bindings
+
+
 def _heads_dim(m: Match) -> int | None:
     """Where cos/sin broadcast over heads: 1 for [b,1,s,r] with x [b,h,s,d], 2 for [b,s,1,r] with x [b,s,h,d]."""
     x, cos = tensor_meta(m["x"]), tensor_meta(m["cos"])
@@ -68,13 +73,14 @@ def _check(m: Match) -> str | None:
         return f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} differ in shape"
     if "rdim" in m.bindings and not same_size(m["rdim"], rdim):
         return f"rotary slice {m['rdim']} differs from cos/sin width {rdim}"
-    if "half" in m.bindings:
+    if _interleaved(m):
+        if not (same_size(m["end0"], rdim) and same_size(m["end1"], rdim)):
+            return f"the interleaved rotation reads {m['end0']} dims, not the rotary width {rdim}"
+    else:
         half = scalar(m["half"])
         if half is None or not (same_size(half, rdim // 2) or same_size(2 * half, rdim)) \
                 or not same_size(m["end"], rdim):
             return f"rotate_half splits at {half}, not half of the rotary width {rdim}"
-    elif not (same_size(m["end0"], rdim) and same_size(m["end1"], rdim)):
-        return f"the interleaved rotation reads {m['end0']} dims, not the rotary width {rdim}"
     if _heads_dim(m) is None:
         return (f"cos/sin layout {tuple(cos.shape)} against q/k {tuple(x.shape)} is not [b,1,s,r] or [b,s,1,r]")
     if cos.dtype != x.dtype or sin.dtype != x.dtype:
@@ -106,7 +112,7 @@ class FuseRope(Pass):
         order = {n: i for i, n in enumerate(graph.nodes)}
         groups: dict[tuple, list[tuple[Rule, Match]]] = {}
         for rule, m in found:
-            key = (m["cos"], m["sin"], module_path(m.root), _heads_dim(m), "end0" in m.bindings)
+            key = (m["cos"], m["sin"], module_path(m.root), _heads_dim(m), _interleaved(m))
             groups.setdefault(key, []).append((rule, m))
         for (cos, sin, path, heads_dim, interleaved), members in groups.items():
             members.sort(key=lambda rm: order[rm[1].root])
@@ -123,7 +129,8 @@ class FuseRope(Pass):
             xs = [_to_bhsd(graph, m["x"], heads_dim) for _, m in pair]
             c, s = (_without_heads_dim(graph, t, heads_dim) for t in (cos, sin))
             q, k = (xs[0], xs[1]) if len(xs) == 2 else (xs[0], xs[0])
-            both = graph.call_function(torch.ops.slipstream.rope.default, (q, k, c, s) + ((True,) if interleaved else ()))
+            layout = (True,) if interleaved else ()  # the op's default (halves) is left out of the node
+            both = graph.call_function(torch.ops.slipstream.rope.default, (q, k, c, s, *layout))
             outs = [_to_bhsd(graph, graph.call_function(operator.getitem, (both, i)), heads_dim) for i in range(len(pair))]
         label = "+".join(rule.name for rule, _ in pair)
         tag_new_nodes(anchor, first, f"{self.name}:{label}", module_path(first))

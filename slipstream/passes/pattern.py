@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch.fx import Node
 
-from .checks import same_size
+from .checks import same_size, scalar
 from .ops import is_size_computation, tensor_meta, view
 
 COMMUTATIVE = frozenset({"add", "mul"})
@@ -120,10 +120,8 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _is_size(value: Any) -> bool:
-    if isinstance(value, Node):
-        return isinstance(value.meta.get("val", value.meta.get("example_value")), (torch.SymInt, int)) \
-            and not isinstance(value.meta.get("val", value.meta.get("example_value")), bool)
-    return type(value) is int
+    size = scalar(value)
+    return isinstance(size, (torch.SymInt, int)) and not isinstance(size, bool)
 
 
 def _is_scalar(value: Any) -> bool:
