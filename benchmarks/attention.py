@@ -2,6 +2,7 @@
 
     python benchmarks/attention.py            # CUDA: flash kernel vs sdpa (flash backend) and decode bandwidth
     python benchmarks/attention.py --cpu      # CPU: a tiny model with and without fuse-attention (same run)
+    python benchmarks/attention.py --tiles tiles.json   # CUDA, with attention_tune.py --save's tiles at their S
 
 GPU: bf16, B=4, Hq=32, Hkv=8, D=128, causal, S in 1024/4096/16384: forward and backward (fwd+bwd minus fwd) time
 against `scaled_dot_product_attention` with its flash backend measured in the same run (and torch's default pick,
@@ -13,26 +14,52 @@ model slower than without it (the reference path runs the original computation);
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import json
 import time
 
 import torch
 import torch.nn.functional as F
 
 
-def cuda_time(fn, reps: int = 20) -> float:
+def cuda_time(fn, reps: int = 20, rounds: int = 3) -> float:
+    """Seconds per call: the median over `rounds` of `reps` back-to-back calls (host overhead included where the
+    GPU would wait for it, as in a model's stream of kernels)."""
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / reps
+    times = []
+    for _ in range(rounds):
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / reps)
+    return sorted(times)[rounds // 2]
 
 
-def gpu() -> None:
+@contextlib.contextmanager
+def tiles_for(s: int, tiles: dict):
+    """The kernels with attention_tune.py's winners for this S (if it was tuned), the checked-in tiles otherwise."""
+    from slipstream.kernels import triton_attention as fwd
+    from slipstream.kernels import triton_attention_bwd as bwd
+    chosen = tiles.get(str(s))
+    if chosen is None:
+        yield
+        return
+    saved = fwd._fwd_config, bwd._bwd_config
+    fwd._fwd_config = lambda *_: tuple(chosen["fwd"])
+    bwd._bwd_config = lambda *_: (tuple(chosen["dkdv"]), tuple(chosen["dq"]))
+    print(f"S={s}: tuned tiles {chosen}")
+    try:
+        yield
+    finally:
+        fwd._fwd_config, bwd._bwd_config = saved
+
+
+def gpu(tiles: dict) -> None:
     from slipstream.kernels.attention import attention
     bf = dict(device="cuda", dtype=torch.bfloat16)
     a, b = torch.randn(8192, 8192, **bf), torch.randn(8192, 8192, **bf)
@@ -57,7 +84,8 @@ def gpu() -> None:
 
         def both(fn):  # forward + backward, grads returned rather than accumulated into .grad
             return lambda: torch.autograd.grad(fn(), (q, k, v), g)
-        row = {"ours": (cuda_time(ours), cuda_time(both(ours)))}
+        with tiles_for(s, tiles):
+            row = {"ours": (cuda_time(ours), cuda_time(both(ours)))}
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             row["sdpa-flash"] = (cuda_time(sdpa), cuda_time(both(sdpa)))
         row["sdpa-default"] = (cuda_time(sdpa), cuda_time(both(sdpa)))  # torch's own pick (cuDNN on Hopper)
@@ -70,9 +98,13 @@ def gpu() -> None:
     t = 32768
     q = torch.randn(b_, hq, 1, d, **bf)
     k, v = (torch.randn(b_, hkv, t, d, **bf) for _ in range(2))
-    dec = cuda_time(lambda: attention(q, k, v, causal=True))
     kv_bytes = 2 * k.numel() * 2
-    print(f"decode T={t}: {dec * 1e6:.0f} us, {kv_bytes / dec / 1e9:.0f} GB/s ({kv_bytes / dec / copy_bw:.0%} of copy)")
+    import triton.testing
+    for how, dec in (("back to back", cuda_time(lambda: attention(q, k, v, causal=True))),
+                     ("do_bench, L2 flushed", triton.testing.do_bench(lambda: attention(q, k, v, causal=True),
+                                                                     return_mode="median") / 1e3)):
+        print(f"decode T={t} ({how}): {dec * 1e6:.0f} us, {kv_bytes / dec / 1e9:.0f} GB/s "
+              f"({kv_bytes / dec / copy_bw:.0%} of copy)")
 
 
 def cpu() -> None:
@@ -104,10 +136,11 @@ def cpu() -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true")
+    parser.add_argument("--tiles", help="JSON from attention_tune.py --save: time those tiles at their S")
     args = parser.parse_args()
     if args.cpu:
         cpu()
     elif torch.cuda.is_available():
-        gpu()
+        gpu(json.load(open(args.tiles)) if args.tiles else {})
     else:
         raise SystemExit("no CUDA device: run on a GPU machine, or pass --cpu for the CPU comparison")

@@ -2,9 +2,10 @@
 # Everything a lent-GPU session runs, in one call: kernel checks vs float64, tile-config sweeps, kernel and
 # attention benchmarks, every tiny family end to end. Each step has its own time limit; logs go to $OUT (the
 # device tool's folder) or ./gpu-logs. Runs from the repository root with the machine's own torch/triton/
-# transformers (no install). `gpu_session.sh STEP...` runs only the named steps.
+# transformers (no install). `gpu_session.sh STEP...` runs only the named steps (in this file's order: the
+# measurements the open issues wait for first, the kernel checks after them).
 # The GPU machine lacks qwen-tts (the `tts` step) and bitsandbytes (lora_linear's baseline) and has no network:
-# run `bash benchmarks/gpu_extra.sh` here first and pass carry=["gpu-extra"] (5 MB; git-ignored).
+# run `bash benchmarks/gpu_extra.sh` here first and pass carry=["gpu-extra"] (20 MB; git-ignored).
 set -u
 wanted="$*"
 out=${OUT:-gpu-logs}
@@ -25,14 +26,21 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $out/NAME.log
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv
   python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, \
 'transformers', transformers.__version__)"; } 2>&1 | tee "$out/machine.txt"
-step device_check 150 python3 tests/kernels/device_check.py --device cuda
 step attention_tune 150 python3 benchmarks/attention_tune.py
+step attention_tune_short 120 python3 benchmarks/attention_tune.py --seq 1024 --save "$out/tiles.json"
 step rms_norm_tune 60 python3 benchmarks/rms_norm_tune.py
 step kernels 60 python3 benchmarks/kernels.py --reps 30
 step attention 80 python3 benchmarks/attention.py
+step attention_tiles 90 python3 benchmarks/attention.py --tiles "$out/tiles.json"
 step lora_linear_tune 150 python3 benchmarks/lora_linear_tune.py
 step lora_linear 60 python3 benchmarks/lora_linear.py
+step lora_linear_overhead 60 python3 benchmarks/lora_linear_overhead.py
 step models 200 python3 tests/backends/device_model_check.py --device cuda
-step tts 240 python3 benchmarks/tts_generate.py --shape 1.7b --device cuda
+# qwen-tts 0.1.1 needs transformers 4.57.3 (the machine has 5.x): gpu-extra/tts-wheels, installed privately.
+# 100 frames take ~20 s a row on an H100 (host-bound), so 2 repeats of 3 rows plus warm-up fit the limit.
+step tts 240 bash -c "python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/tts-site \
+gpu-extra/tts-wheels/*.whl && PYTHONPATH=/tmp/tts-site:\$PYTHONPATH python3 benchmarks/tts_generate.py --shape 1.7b \
+--device cuda --repeats 2 \${TTS_ARGS:-}"
+step device_check 150 python3 tests/kernels/device_check.py --device cuda
 step train_step 120 bash -c "python3 benchmarks/train_step.py --device cuda --hidden 1024 --layers 8 --seq 512 \
 --repeats 20 && python3 benchmarks/train_step.py --device cuda --hidden 1024 --layers 8 --seq 512 --repeats 20 --lora"

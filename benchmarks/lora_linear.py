@@ -41,6 +41,11 @@ def _lora_weights(k: int, n: int, r: int, device: str):
 def layer_speed(device: str, shapes, tokens: int, r: int, reps: int) -> None:
     from slipstream.kernels.lora_linear import lora_linear_op
     from slipstream.kernels.quant_formats import QuantSpec, quantize
+    from slipstream.kernels.registry import grad_function
+
+    # An optimized model runs the op's grad twin (backends/twins.py: implementation + formula in one
+    # autograd.Function); calling the op itself also crosses torch.library's dispatcher (`same via dispatcher`).
+    twin = grad_function(torch.ops.slipstream.lora_linear.default)
 
     try:
         import bitsandbytes as bnb  # noqa: F401
@@ -55,14 +60,16 @@ def layer_speed(device: str, shapes, tokens: int, r: int, reps: int) -> None:
         x = torch.randn(tokens, k, device=device, dtype=torch.bfloat16, requires_grad=True)
         g = torch.randn(tokens, n, device=device, dtype=torch.bfloat16)
 
-        def fused():
-            y = lora_linear_op(x, q.packed, q.scales, q.aux, "nf4", q.group, n, None, [x], [a], [b], [2.0])
+        def fused(op=twin):
+            y = op(x, q.packed, q.scales, q.aux, "nf4", q.group, n, None, [x], [a], [b], [2.0])
             return torch.autograd.grad(y, (x, a, b), g)
 
         def dense():  # peft's LoRA linear on a bf16 base: base(x) + B(A(x)) * s
             y = F.linear(x, w) + F.linear(F.linear(x, a), b) * 2.0
             return torch.autograd.grad(y, (x, a, b), g)
-        rows = {"slipstream nf4+lora": _time(fused, device, reps), "dense bf16 + lora": _time(dense, device, reps)}
+        rows = {"slipstream nf4+lora": _time(fused, device, reps),
+                "same via dispatcher": _time(lambda: fused(lora_linear_op), device, reps),
+                "dense bf16 + lora": _time(dense, device, reps)}
         if bnb is not None and device == "cuda":
             rows["bnb nf4 + lora"] = _time(_bnb_step(w, x, a, b, g), device, reps)
         ours = rows["slipstream nf4+lora"]  # ratios are baseline time / ours: above 1 means ours is faster

@@ -10,6 +10,8 @@ from __future__ import annotations
 import cProfile
 import pstats
 import time
+import traceback
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +47,43 @@ def main(tokens: int = 4096, k: int = 4096, n: int = 4096, r: int = 16) -> None:
         torch.cuda.synchronize()
         wall = (time.perf_counter() - start) / 20
         print(f"{fn.__name__}: host {cpu * 1e6:.0f} us/iter, wall {wall * 1e6:.0f} us/iter", flush=True)
+    from slipstream.kernels.lora_linear import base_weight, quant_linear_grad_input_op
+    xd = x.detach()
+    pieces = {"dequantize (Triton)": lambda: base_weight(q.packed, q.scales, q.aux, "nf4", q.group, n, k, xd.dtype),
+              "lora_linear forward, no grad": lambda: lora_linear_op(xd, q.packed, q.scales, q.aux, "nf4", q.group,
+                                                                     n, None, [xd], [a], [b], [2.0]),
+              "quant_linear_grad_input": lambda: quant_linear_grad_input_op(g, q.packed, q.scales, q.aux, "nf4",
+                                                                            q.group, k),
+              "F.linear (cuBLAS)": lambda: F.linear(xd, w)}
+    with torch.no_grad():
+        for name, piece in pieces.items():  # host cost per call: 10 calls queue well under the GPU's backlog
+            for _ in range(3):
+                piece()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(10):
+                piece()
+            host = (time.perf_counter() - start) / 10
+            torch.cuda.synchronize()
+            print(f"{name}: host {host * 1e6:.0f} us/call, wall {(time.perf_counter() - start) / 10 * 1e6:.0f} "
+                  f"us/call", flush=True)
+    for fn in (fused, dense):  # does a step wait for the GPU? (a sync makes host time = GPU time + overhead)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            fn()
+            torch.cuda.set_sync_debug_mode("default")
+        # (the mode's own "prototype feature" notice is not a sync)
+        syncs = [str(w.message).splitlines()[0] for w in caught if "synchronizing CUDA operation" in str(w.message)]
+        print(f"{fn.__name__}: {len(syncs)} synchronizing calls per step", *syncs[:5], sep="\n  ", flush=True)
+        if syncs:  # where the first one is
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                fn()
+            except RuntimeError:
+                traceback.print_exc(limit=-6)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
     profile = cProfile.Profile()
     profile.runcall(lambda: [fused() for _ in range(20)])
     pstats.Stats(profile).sort_stats("tottime").print_stats(18)

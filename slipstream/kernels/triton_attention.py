@@ -290,11 +290,18 @@ def pad_mask(key_padding, q: torch.Tensor) -> tuple[torch.Tensor, int]:
     return kp, kp.stride(0)
 
 
-def _fwd_config(block_d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages): tutorial-like tiles, halved where registers/smem run out. The
-    16-bit D = 128 tile is the fastest of benchmarks/attention_tune.py's sweep on an H200 (BENCHMARKS.md)."""
+SHORT_SEQ = 1024  # query lengths up to this take the tiles swept at S=1024 (16-bit, D = 128; see _fwd_config)
+
+
+def _fwd_config(block_d: int, dtype: torch.dtype, s: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for `s` query rows: tutorial-like tiles, halved where registers/smem
+    run out. The 16-bit D = 128 tiles are the fastest of benchmarks/attention_tune.py's sweeps (BENCHMARKS.md): at
+    S=4096 on an H200, and at S=1024 on an H100, where a half-height tile gives twice the programs and won by 5 %
+    (2048 was not swept)."""
     if block_d > 128 or dtype == torch.float32:
         return (64, 32, 4, 2) if block_d <= 128 else (32, 32, 4, 2)
+    if block_d == 128 and s <= SHORT_SEQ:
+        return (64, 32, 4, 3)
     return (128, 64, 4 if block_d <= 64 else 8, 3)
 
 
@@ -312,7 +319,7 @@ def flash_forward(q, k, v, key_padding, causal: bool, scale: float, window: int,
         return out, lse.fill_(float("inf"))
     kp, skpb = pad_mask(key_padding, q)
     block_d = max(16, triton.next_power_of_2(d))
-    block_m, block_n, warps, stages = _fwd_config(block_d, q.dtype)
+    block_m, block_n, warps, stages = _fwd_config(block_d, q.dtype, s)
     with launch_guard(_attn_fwd_kernel, q):
         _attn_fwd_kernel[(triton.cdiv(s, block_m), b * hq)](
             q, k, v, out, lse, kp, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], skpb,

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from slipstream.kernels.triton_attention import _block_index, _capped, _dot, _keep, _key_range, _unmasked_keys, _visible
-from slipstream.kernels.triton_attention import last_dim_contiguous, pad_mask, precision
+from slipstream.kernels.triton_attention import SHORT_SEQ, last_dim_contiguous, pad_mask, precision
 from slipstream.kernels.triton_utils import launch_guard
 
 
@@ -250,13 +250,16 @@ def _attn_bwd_dq_kernel(
                   SOFTCAP, HAS_PAD, DROPOUT, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
 
 
-def _bwd_config(block_d: int, dtype: torch.dtype) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dk/dv kernel and of the dq kernel. dk/dv keeps a key
-    block and streams query blocks, dq the transpose. The 16-bit D <= 128 tiles are the fastest of
-    benchmarks/attention_tune.py's sweep on an H200 (BENCHMARKS.md); the others are sized to fit registers."""
+def _bwd_config(block_d: int, dtype: torch.dtype, s: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dk/dv kernel and of the dq kernel for `s` query rows. dk/dv
+    keeps a key block and streams query blocks, dq the transpose. The 16-bit D <= 128 tiles are the fastest of
+    benchmarks/attention_tune.py's sweeps (BENCHMARKS.md): S=4096 on an H200; S=1024 (SHORT_SEQ) on an H100, whose
+    dq winner differs; the others are sized to fit registers."""
     if block_d > 128 or dtype == torch.float32:
         dkdv = (16, 32, 4, 2) if block_d > 128 else (32, 32, 4, 2)
         return dkdv, (dkdv[1], dkdv[0], dkdv[2], dkdv[3])
+    if block_d == 128 and s <= SHORT_SEQ:
+        return (32, 64, 4, 3), (64, 64, 4, 2)
     return (32, 64, 4, 3), (128, 64, 8, 3)
 
 
@@ -275,7 +278,7 @@ def flash_backward(grad, q, k, v, out, lse, key_padding, causal: bool, scale: fl
         return dq.zero_(), dk.zero_(), dv.zero_()
     kp, skpb = pad_mask(key_padding, q)
     block_d = max(16, triton.next_power_of_2(d))
-    (m1, n1, warps1, stages1), (m2, n2, warps2, stages2) = _bwd_config(block_d, q.dtype)
+    (m1, n1, warps1, stages1), (m2, n2, warps2, stages2) = _bwd_config(block_d, q.dtype, s)
     delta = torch.empty((b, hq, s), dtype=torch.float32, device=q.device)
     flags = dict(CAUSAL=causal, WINDOW=window > 0, SOFTCAP=softcap > 0, HAS_PAD=key_padding is not None,
                  DROPOUT=dropout_p > 0, PRECISION=precision(q), BLOCK_D=block_d)

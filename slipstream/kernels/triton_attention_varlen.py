@@ -107,7 +107,7 @@ def varlen_forward(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool, sc
     if q.numel() == 0 or batch <= 0 or max_q <= 0:
         return out.zero_(), lse
     block_d = max(16, triton.next_power_of_2(d))
-    block_m, block_n, warps, stages = _fwd_config(block_d, q.dtype)
+    block_m, block_n, warps, stages = _fwd_config(block_d, q.dtype, max_q)
     with launch_guard(_attn_varlen_fwd_kernel, q):
         _attn_varlen_fwd_kernel[(triton.cdiv(max_q, block_m), batch * hq)](
             q, k, v, out, lse, cu_q, cu_k, *_strides(q, k, v, out), total_q, hq, hq // hkv, d,
@@ -131,7 +131,7 @@ def varlen_backward(grad, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
     if q.numel() == 0 or k.numel() == 0 or batch <= 0:
         return dq, dk, dv
     block_d = max(16, triton.next_power_of_2(d))
-    (m1, n1, warps1, stages1), (m2, n2, warps2, stages2) = _bwd_config(block_d, q.dtype)
+    (m1, n1, warps1, stages1), (m2, n2, warps2, stages2) = _bwd_config(block_d, q.dtype, max_q)
     delta = torch.empty((hq, total_q), dtype=torch.float32, device=q.device)
     flags = dict(CAUSAL=causal, WINDOW=window > 0, SOFTCAP=softcap > 0, PRECISION=precision(q), BLOCK_D=block_d)
     common = (*_strides(q, k, v, grad), total_q, hq, hq // hkv, d, scale, softcap, window)

@@ -21,15 +21,16 @@ class _Recorder(ccc._Recorder):
         self.compiled.append((what, kernel.metadata.shared))
 
 
-# (dtype, head_dim, both option variants?, varlen too?). By default every tile config of _fwd_config/_bwd_config
-# once, the option flags on the common bf16 configs, varlen once (about 1.5 minutes); `--all` compiles every
-# combination (about 5 minutes).
+# (dtype, head_dim, both option variants?, varlen too?, query length). By default every tile config of
+# _fwd_config/_bwd_config once (short and long sequences), the option flags on the common bf16 configs, varlen once
+# (about 1.5 minutes); `--all` compiles every combination (about 5 minutes).
 _DEFAULT = (
-    (torch.bfloat16, 64, True, False), (torch.bfloat16, 80, True, True), (torch.bfloat16, 256, False, False),
-    (torch.float16, 128, False, False), (torch.float32, 64, False, False),
+    (torch.bfloat16, 64, True, False, 300), (torch.bfloat16, 80, True, True, 300),
+    (torch.bfloat16, 256, False, False, 300), (torch.float16, 128, False, False, 300),
+    (torch.bfloat16, 128, False, False, 2048), (torch.float32, 64, False, False, 300),
 )
-_ALL = tuple((dtype, d, True, True) for dtype in (torch.bfloat16, torch.float16, torch.float32)
-             for d in (64, 80, 96, 128, 256))
+_ALL = tuple((dtype, d, True, True, s) for dtype in (torch.bfloat16, torch.float16, torch.float32)
+             for d in (64, 80, 96, 128, 256) for s in (300, 2048))
 
 
 def _calls(configs):
@@ -39,9 +40,9 @@ def _calls(configs):
 
     meta = ccc._meta
     kp = torch.empty(2, 300, dtype=torch.bool, device="meta")
-    for dtype, d, variants, varlen in configs:
-        q, k = meta(2, 8, 300, d, dtype=dtype), meta(2, 2, 300, d, dtype=dtype)
-        lse = meta(2, 8, 300, dtype=torch.float32)
+    for dtype, d, variants, varlen, s in configs:
+        q, k = meta(2, 8, s, d, dtype=dtype), meta(2, 2, s, d, dtype=dtype)
+        lse = meta(2, 8, s, dtype=torch.float32)
         options = ((True, -1, 0.0, None), (False, 128, 50.0, kp)) if variants else ((True, 128, 50.0, kp),)
         for causal, window, softcap, pad in options:
             opts = (pad, causal, d**-0.5, window, softcap)

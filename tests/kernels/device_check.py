@@ -51,8 +51,10 @@ def _rms_oracle(x, w):
     return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
 
 
-def _rope_oracle(q, k, cos, sin):
+def _rope_oracle(q, k, cos, sin, interleaved=False):
     def rot(x):
+        if interleaved:  # pairs (2i, 2i + 1): (-x1, x0), GPT-J's layout
+            return torch.stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)
         h = x.shape[-1] // 2
         return torch.cat((-x[..., h:], x[..., :h]), -1)
     c, s = cos[:, None], sin[:, None]
@@ -103,9 +105,13 @@ def checks(device: str, small: bool):
         yield "swiglu", K.swiglu, lambda a, b: torch.nn.functional.silu(a) * b, (g, u), dtype
         yield "geglu-tanh", lambda a, b: K.geglu(a, b, "tanh"), \
             lambda a, b: torch.nn.functional.gelu(a, approximate="tanh") * b, (g, u), dtype
-        ang = torch.randn(2, s, 32, device=device).repeat(1, 1, 2)
-        yield "rope", K.rope, _rope_oracle, (torch.randn(2, 4, s, 64, **r), torch.randn(2, 2, s, 64, **r),
-                                             ang.cos().to(dtype), ang.sin().to(dtype)), dtype
+        ang = torch.randn(2, s, 32, device=device)
+        for label, (il, angles) in {"rope": (False, ang.repeat(1, 1, 2)),
+                                    "rope interleaved": (True, ang.repeat_interleave(2, -1))}.items():
+            yield label, (lambda q, k, c, sn, il=il: K.rope(q, k, c, sn, interleaved=il)), \
+                (lambda q, k, c, sn, il=il: _rope_oracle(q, k, c, sn, il)), \
+                (torch.randn(2, 4, s, 64, **r), torch.randn(2, 2, s, 64, **r), angles.cos().to(dtype),
+                 angles.sin().to(dtype)), dtype
         for label, (sq, tk, kw) in {"attention causal gqa": (s, s, {}),
                                     "attention window softcap": (s, s, dict(window=7, softcap=2.0)),
                                     "attention decode": (1, t, {})}.items():

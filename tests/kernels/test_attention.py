@@ -75,6 +75,22 @@ def test_attention(case, dtype, impl):
     _check(case, impl, dtype)
 
 
+@pytest.mark.parametrize("case", ["mqa_d128", "gqa4_128_d80"])
+def test_long_sequence_tiles(case, monkeypatch):
+    """The cases above are all short (SHORT_SEQ's tiles for 16-bit D = 128): run the long-sequence tiles too."""
+    from slipstream.kernels import triton_attention, triton_attention_bwd
+    short = triton_attention._fwd_config(128, torch.bfloat16, 33), triton_attention_bwd._bwd_config(
+        128, torch.bfloat16, 33)
+    for module in (triton_attention, triton_attention_bwd):
+        monkeypatch.setattr(module, "SHORT_SEQ", 0)
+    long = triton_attention._fwd_config(128, torch.bfloat16, 33), triton_attention_bwd._bwd_config(
+        128, torch.bfloat16, 33)
+    assert long == (triton_attention._fwd_config(128, torch.bfloat16, 4096),
+                    triton_attention_bwd._bwd_config(128, torch.bfloat16, 4096))
+    assert long[0] != short[0] and long[1][1] != short[1][1]
+    _check(case, "triton", torch.bfloat16)
+
+
 def test_cases_take_the_intended_kernel():
     """The case table covers both Triton kernels (decode for few queries over many keys, flash otherwise)."""
     meta = {name: _inputs(b, hq, hkv, s, t, d, torch.bfloat16) for name, ((b, hq, hkv, s, t, d), _) in CASES.items()}
