@@ -15,7 +15,7 @@ from torch.fx import Graph, Node
 
 from ..context import REWRITE_BUDGET
 from .ops import is_size_computation, module_path, view
-from .pattern import Match, Pattern, is_metadata_assert, match, outside_users
+from .pattern import Match, Pattern, is_metadata_assert, match, near_miss, outside_users
 
 @dataclass(frozen=True)
 class Rule:
@@ -135,10 +135,12 @@ class Pass:
         return rule.check(m)
 
     def report_unmatched(self, graph: Graph, covered: set, stats: PassStats) -> None:
+        rules = None
         for node in graph.nodes:
             if self.is_anchor(node) and node not in covered:
-                stats.rejections.append(Rejection(
-                    "-", module_path(node), f"'{view(node).name}' node '{node.name}' fits none of this pass's rules"))
+                rules = rules or self.rules()
+                reason = f"'{view(node).name}' node '{node.name}' fits none of this pass's rules"
+                stats.rejections.append(Rejection("-", module_path(node), reason + closest_rule(node, rules)))
 
     # -- rewriting --------------------------------------------------------------------------------------------
     def apply(self, graph: Graph, found: list[tuple[Rule, Match]], stats: PassStats) -> None:
@@ -160,6 +162,43 @@ class ModulePass(Pass):
 
     def run_module(self, model: Any) -> tuple[PassStats, list[str]]:
         raise NotImplementedError
+
+
+NEAR_MISS_DEPTH, NEAR_MISS_ROOTS = 6, 32  # an anchor's users this many steps down (at most this many) are tried
+
+
+def closest_rule(anchor: Node, rules: list[Rule]) -> str:
+    """'; closest: ...' naming the rule that got furthest from a root at or below an unmatched anchor, and what it
+    wanted where it stopped; '' if no rule matched a single node there. Runs only for unmatched anchors."""
+    roots, frontier = [anchor], [anchor]
+    for _ in range(NEAR_MISS_DEPTH):
+        frontier = list(dict.fromkeys(u for n in frontier for u in n.users if u not in roots))
+        roots += frontier[:NEAR_MISS_ROOTS - len(roots)]
+    downstream = set(roots)
+
+    def rank(miss):  # the furthest in; of those, one on the anchor's own path (found the anchor or a node from it)
+        return miss.progress, miss.node in downstream or _reads(miss.node, anchor), not miss.commuted
+    best = None
+    for root in roots:
+        for rule in rules:
+            miss = near_miss(rule.pattern, root, rank)
+            if miss is not None and miss.progress > 0 and (best is None or rank(miss) > rank(best[0])):
+                best = (miss, rule, root)
+    if best is None:
+        return ""
+    miss, rule, root = best
+    return (f"; closest: rule '{rule.name}' from '{root.name}' matched {miss.progress} node(s), then wanted "
+            f"{miss.expected} where it found {miss.found}")
+
+
+def _reads(node: Node | None, anchor: Node, depth: int = NEAR_MISS_DEPTH) -> bool:
+    """Whether `node` is `anchor` or computed from it within `depth` steps."""
+    frontier = {node} if node is not None else set()
+    for _ in range(depth + 1):
+        if anchor in frontier:
+            return True
+        frontier = {p for n in frontier for p in n.all_input_nodes}
+    return False
 
 
 def _is(node: Node, op_names: tuple[str, ...]) -> bool:

@@ -90,6 +90,55 @@ class Match:
         return self.bindings.get(name, default)
 
 
+@dataclass(frozen=True)
+class NearMiss:
+    """Where a pattern stopped fitting: `progress` op nodes in (matched, or entered on the way down), it wanted
+    `expected` and found `found` (the value there: `node`, if a node)."""
+    progress: int
+    expected: str
+    found: str
+    node: Node | None = None
+    commuted: bool = False  # met while retrying `add`/`mul` with swapped inputs (less telling than the order written)
+
+
+_misses: list[NearMiss] | None = None  # collecting (near_miss) or not (match: the hot path pays one test)
+_depth = 0  # pattern ops entered (their name matched) on the path to the current node, while collecting
+_commuted = 0  # swapped-input retries on that path
+
+
+def near_miss(pattern: Pattern, root: Node,
+              rank: Callable[[NearMiss], Any] = lambda m: (m.progress, not m.commuted)) -> NearMiss | None:
+    """Why `pattern` does not fit at `root`: of the failures its search met, the last ranked highest (by default
+    the furthest in, in the input order written); None if it fits. The last, because of alternatives `a | b` the
+    later ones are the fallbacks, which explain more when all stop at the same place."""
+    global _misses
+    _misses = []
+    try:
+        if _match(pattern, root, ({}, (), frozenset())) is not None:
+            return None
+        best = None
+        for miss in _misses:
+            if best is None or rank(miss) >= rank(best):
+                best = miss
+        return best
+    finally:
+        _misses = None
+
+
+def _miss(state: _State, expected: str, value: Any, found: str | None = None) -> None:
+    if _misses is not None:
+        _misses.append(NearMiss(len(set(state[1])) + _depth, expected, describe(value) if found is None else found,
+                                value if isinstance(value, Node) else None, _commuted > 0))
+
+
+def describe(value: Any) -> str:
+    """A node as a report names it (`'mul' node 'mul_3'`), or a constant's repr."""
+    if isinstance(value, Node):
+        v = view(value)
+        return f"'{v.name}' node '{value.name}'" if v is not None else f"{value.op} '{value.name}'"
+    return repr(value)
+
+
 def match(pattern: Pattern, root: Node) -> Match | None:
     """Match `pattern` with its top at `root`; None if it does not fit."""
     state = _match(pattern, root, ({}, (), frozenset()))
@@ -106,7 +155,10 @@ _State = tuple  # (bindings: dict, nodes: tuple, boundary: frozenset) — treate
 def _bind(state: _State, name: str, value: Any) -> _State | None:
     bindings = state[0]
     if name in bindings:
-        return state if _same(bindings[name], value) else None
+        if _same(bindings[name], value):
+            return state
+        _miss(state, f"the node '{name}' is bound to ({describe(bindings[name])})", value)
+        return None
     return ({**bindings, name: value}, state[1], state[2])
 
 
@@ -137,7 +189,10 @@ def _match(pattern: Any, value: Any, state: _State) -> _State | None:
     if isinstance(pattern, Var):
         return _bind(state, pattern.name, value)
     if isinstance(pattern, Lit):
-        return _bind(state, pattern.name, value) if _is_scalar(value) else None
+        if _is_scalar(value):
+            return _bind(state, pattern.name, value)
+        _miss(state, f"a scalar '{pattern.name}'", value)
+        return None
     if isinstance(pattern, Alt):
         for option in pattern.options:
             found = _match(option, value, state)
@@ -148,15 +203,33 @@ def _match(pattern: Any, value: Any, state: _State) -> _State | None:
         return _match_op(pattern, value, state)
     if isinstance(pattern, Recognizer):
         return _recognize(pattern, value, state)
-    return state if _same(pattern, value) else None  # a constant such as 2 or -1
+    if _same(pattern, value):  # a constant such as 2 or -1
+        return state
+    _miss(state, repr(pattern), value)
+    return None
 
 
 def _match_op(pattern: Op, value: Any, state: _State) -> _State | None:
     v = view(value)
     if v is None or v.name != pattern.name:
+        _miss(state, f"'{pattern.name}'", value)
         return None
+    if _misses is None:
+        return _match_op_fitting(pattern, value, v, state)
+    global _depth
+    _depth += 1
+    try:
+        return _match_op_fitting(pattern, value, v, state)
+    finally:
+        _depth -= 1
+
+
+def _match_op_fitting(pattern: Op, value: Any, v, state: _State) -> _State | None:
+    """`value`'s view `v` has the pattern's op name: match its parameters and inputs."""
     for key, want in pattern.params.items():
-        if key not in v.params:
+        if key not in v.params or not isinstance(want, Pattern) and not _same(want, v.params[key]):
+            has = f" with {key}={v.params[key]!r}" if key in v.params else f" without {key}"
+            _miss(state, f"'{pattern.name}' with {key}={want!r}", value, describe(value) + has)
             return None
         state = _match(want, v.params[key], state)
         if state is None:
@@ -164,8 +237,9 @@ def _match_op(pattern: Op, value: Any, state: _State) -> _State | None:
     orders = [v.inputs]
     if pattern.name in COMMUTATIVE and len(v.inputs) == 2:
         orders.append(v.inputs[::-1])
-    for inputs in orders:
-        found = _match_inputs(pattern.inputs, inputs, state)
+    for i, inputs in enumerate(orders):
+        match_inputs = _match_inputs if i == 0 else _match_commuted
+        found = match_inputs(pattern.inputs, inputs, state)
         if found is not None:
             bindings, nodes, boundary = found
             if pattern.tag:
@@ -175,6 +249,15 @@ def _match_op(pattern: Op, value: Any, state: _State) -> _State | None:
                 bindings = found[0]
             return (bindings, nodes + (value,), boundary | {value} if pattern.boundary else boundary)
     return None
+
+
+def _match_commuted(patterns: tuple, inputs: tuple, state: _State) -> _State | None:
+    global _commuted
+    _commuted += 1
+    try:
+        return _match_inputs(patterns, inputs, state)
+    finally:
+        _commuted -= 1
 
 
 def _recognize(pattern: Recognizer, value: Any, state: _State) -> _State | None:
@@ -191,6 +274,7 @@ def _recognize(pattern: Recognizer, value: Any, state: _State) -> _State | None:
 
 def _match_inputs(patterns: tuple, inputs: tuple, state: _State) -> _State | None:
     if len(patterns) != len(inputs):
+        _miss(state, f"{len(patterns)} inputs", None, f"{len(inputs)}")
         return None
     for p, x in zip(patterns, inputs):
         state = _match(p, x, state)

@@ -136,6 +136,25 @@ def test_refuses_wrong_split():
     assert_agrees(opt, ref, *inputs)
 
 
+class RotateThenUpcast(Rotary):
+    """Ernie 4.5's order: the rotation is taken in the input dtype and only then upcast (`rotate_half(q).float()`),
+    a different rounding from slipstream::rope in 16-bit, so no rule may fit."""
+    def apply(self, x, cos, sin):
+        return (x.float() * cos + self.rotate(x).float() * sin).to(x.dtype)
+
+
+def test_unmatched_rotation_names_the_closest_rule_and_where_it_stopped():
+    inputs = _inputs(torch.bfloat16)
+    q, k, cos, sin = inputs
+    opt, ref, report = optimize_with(RotateThenUpcast(), "fuse-rope", q, k, cos.float(), sin.float())
+    assert report.fused("fuse-rope") == 0
+    reasons = [reason for _, _, reason in report.refusals()]
+    assert len(reasons) == 2  # q's and k's rotation
+    assert all(r.startswith("'neg' node") and "fits none of this pass's rules; closest: rule 'rotate-half'" in r
+               and "then wanted 'cat' where it found 'cast' node" in r for r in reasons), reasons
+    assert_agrees(opt, ref, q, k, cos.float(), sin.float())
+
+
 class RotaryDimFromCos(Rotary):
     """GPT-NeoX style: the rotary width is read off cos (`q[..., : cos.shape[-1]]`), a size computed in the graph."""
     def apply(self, x, cos, sin):

@@ -10,7 +10,7 @@ from torch import nn
 from slipstream.passes.fuse_rms_norm import FuseRmsNorm
 from slipstream.passes.fuse_swiglu import FuseSwiglu
 from slipstream.passes.ops import view
-from slipstream.passes.pattern import Lit, Op, Var, match
+from slipstream.passes.pattern import Lit, Op, Var, match, near_miss
 
 from test_fuse_rms_norm import GemmaStyleNorm, LlamaStyleNorm
 
@@ -86,3 +86,22 @@ def test_swiglu_pass_fits_export_graphs():
     gm.recompile()
     g, u = torch.randn(3, 8), torch.randn(3, 8)
     torch.testing.assert_close(gm(g, u)[0], torch.nn.functional.silu(g) * u)
+
+
+def test_near_miss_reports_the_furthest_failure():
+    """Why a pattern does not fit: what it wanted where, after how many op nodes; alternatives tried in order."""
+    g = fx.Graph()
+    x, w = g.placeholder("x"), g.placeholder("w")
+    relu = g.call_function(torch.relu, (x,))
+    root = g.call_function(operator.mul, (g.call_function(operator.add, (relu, 1.0)), w))
+    pattern = Op("mul", Op("add", Op("neg", Var("x")) | Op("tanh", Var("x")), Lit("c")), Var("w"))
+    miss = near_miss(pattern, root)
+    # mul and add entered (2), then no alternative fits relu: the last (the fallback), in the input order written
+    assert (miss.progress, miss.expected, miss.found, miss.node) == (2, "'tanh'", "call_function 'relu'", relu)
+    assert not miss.commuted
+    assert near_miss(Op("mul", Op("add", Var("r"), Lit("c")), Var("w")), root) is None  # fits: no miss
+    wrong_exponent = near_miss(Op("pow", Var("x"), exponent=2), g.call_method("pow", (x, 3)))
+    assert wrong_exponent.expected == "'pow' with exponent=2"
+    assert wrong_exponent.found == "'pow' node 'pow_1' with exponent=3"
+    twice = near_miss(Op("mul", Var("a"), Var("a")), root)
+    assert twice.expected.startswith("the node 'a' is bound to") and twice.progress == 1
