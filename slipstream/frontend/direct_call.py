@@ -77,16 +77,21 @@ class DirectEntries:
         """The transformed code of the first entry whose guards pass, or None (then torch.compile decides)."""
         frame_locals = {"args": args, "kwargs": kwargs, **self._closure}
         try:
-            entries = _cache_entries(self._code)
-            # Any entry whose guards pass is valid for the call; dynamo takes the most recently used one, and so
-            # do we (generation alternates a few variants; a failing check still costs up to ~20 us).
-            entries.sort(key=lambda e: e.code is not self._last)
-            for entry in entries:
-                if entry.guard_manager.check(frame_locals):
-                    self._last = entry.code
-                    return self._runner(entry.code)  # None: it needs the hook, so dynamo runs it
+            entries = [(entry.code, entry.guard_manager.check) for entry in _cache_entries(self._code)]
         except (AttributeError, TypeError) as error:  # internals of another torch: never guess, stop trying
             _unsupported(error)
+            return None
+        # Any entry whose guards pass is valid for the call; dynamo takes the most recently used one, and so do we
+        # (generation alternates a few variants; a failing check still costs up to ~20 us).
+        entries.sort(key=lambda e: e[0] is not self._last)
+        for code, check in entries:
+            try:
+                passed = check(frame_locals)
+            except Exception:  # a guard that raises on these arguments: torch.compile's own path decides
+                return None
+            if passed:
+                self._last = code
+                return self._runner(code)  # None: it needs the hook, so dynamo runs it
         return None
 
     def _runner(self, code: types.CodeType) -> Callable | None:

@@ -154,6 +154,36 @@ def test_unexpected_internals_fall_back_with_a_warning(monkeypatch):
     assert after["direct"] == before["direct"] and after["compiled"] > before["compiled"]
 
 
+def test_a_guard_that_raises_sends_the_call_through_torch_compile(monkeypatch):
+    """A guard check raising on a call's arguments says nothing about this torch's internals: that call goes
+    through torch.compile (which evaluates its guards itself) and direct calls stay on for the next ones."""
+    monkeypatch.setattr(direct_call, "_SUPPORTED", direct_call._SUPPORTED)
+    ref, opt = _pair()
+    ids = models.token_batch()
+    real = direct_call._cache_entries
+
+    def raising(code):
+        entries = real(code)
+        return [types.SimpleNamespace(code=e.code, guard_manager=types.SimpleNamespace(check=_raise))
+                for e in entries]
+
+    def _raise(frame_locals):
+        raise TypeError("a guard's own check failed on these arguments")
+    with torch.no_grad():
+        opt(ids)
+        before = capture.call_counts(opt)
+        monkeypatch.setattr(direct_call, "_cache_entries", raising)
+        out = opt(ids).logits
+        after = capture.call_counts(opt)
+        monkeypatch.setattr(direct_call, "_cache_entries", real)
+        opt(ids)
+        again = capture.call_counts(opt)
+    assert direct_call.supported()
+    torch.testing.assert_close(out, ref(ids).logits, rtol=0, atol=0)
+    assert after["direct"] == before["direct"] and after["compiled"] > before["compiled"]
+    assert again["direct"] > after["direct"]
+
+
 def test_escape_hatch_turns_direct_calls_off(monkeypatch):
     _, opt = _pair()
     ids = models.token_batch()
