@@ -1,6 +1,7 @@
 """Host overhead of the NF4 LoRA op on a GPU: wall and CPU time per forward + backward of one 4096 x 4096 layer
-(4096 tokens, r=16) next to dense bf16 + LoRA, then cProfile's top Python functions and torch.profiler's CUDA
-time per op. Diagnostic for the gap between benchmarks/lora_linear.py (wall-clock medians) and the kernels' GPU
+(4096 tokens, r=16), as an optimized model runs it (the op's grad twin) and through torch.library's dispatcher,
+next to dense bf16 + LoRA; the host cost of each piece; whether a step synchronizes; then cProfile's top Python
+functions and torch.profiler's CUDA time per op. Diagnostic for the gap between benchmarks/lora_linear.py (wall-clock medians) and the kernels' GPU
 time.
 
     python benchmarks/lora_linear_overhead.py        # CUDA only
@@ -18,6 +19,20 @@ import torch.nn.functional as F
 
 from slipstream.kernels.lora_linear import lora_linear_op
 from slipstream.kernels.quant_formats import QuantSpec, quantize
+from slipstream.kernels.registry import grad_function
+
+
+def host_and_wall(fn, reps: int, warmup: int) -> tuple[float, float]:
+    """Seconds per call: until the last call returns (host), and until the GPU is done (wall)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    host = (time.perf_counter() - start) / reps
+    torch.cuda.synchronize()
+    return host, (time.perf_counter() - start) / reps
 
 
 def main(tokens: int = 4096, k: int = 4096, n: int = 4096, r: int = 16) -> None:
@@ -28,25 +43,22 @@ def main(tokens: int = 4096, k: int = 4096, n: int = 4096, r: int = 16) -> None:
     b = (torch.randn(n, r, device="cuda") * 0.01).bfloat16().requires_grad_()
     g = torch.randn(tokens, n, device="cuda", dtype=torch.bfloat16)
 
-    def fused():
-        y = lora_linear_op(x, q.packed, q.scales, q.aux, "nf4", q.group, n, None, [x], [a], [b], [2.0])
+    twin = grad_function(torch.ops.slipstream.lora_linear.default)
+
+    def fused(op=twin):
+        y = op(x, q.packed, q.scales, q.aux, "nf4", q.group, n, None, [x], [a], [b], [2.0])
         return torch.autograd.grad(y, (x, a, b), g)
+
+    def via_dispatcher():
+        return fused(lora_linear_op)
 
     def dense():
         y = F.linear(x, w) + F.linear(F.linear(x, a), b) * 2.0
         return torch.autograd.grad(y, (x, a, b), g)
 
-    for fn in (fused, dense, fused, dense):
-        for _ in range(5):
-            fn()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(20):
-            fn()
-        cpu = (time.perf_counter() - start) / 20
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - start) / 20
-        print(f"{fn.__name__}: host {cpu * 1e6:.0f} us/iter, wall {wall * 1e6:.0f} us/iter", flush=True)
+    for fn in (fused, via_dispatcher, dense) * 2:
+        host, wall = host_and_wall(fn, 20, 5)
+        print(f"{fn.__name__}: host {host * 1e6:.0f} us/iter, wall {wall * 1e6:.0f} us/iter", flush=True)
     from slipstream.kernels.lora_linear import base_weight, quant_linear_grad_input_op
     xd = x.detach()
     pieces = {"dequantize (Triton)": lambda: base_weight(q.packed, q.scales, q.aux, "nf4", q.group, n, k, xd.dtype),
@@ -57,16 +69,8 @@ def main(tokens: int = 4096, k: int = 4096, n: int = 4096, r: int = 16) -> None:
               "F.linear (cuBLAS)": lambda: F.linear(xd, w)}
     with torch.no_grad():
         for name, piece in pieces.items():  # host cost per call: 10 calls queue well under the GPU's backlog
-            for _ in range(3):
-                piece()
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(10):
-                piece()
-            host = (time.perf_counter() - start) / 10
-            torch.cuda.synchronize()
-            print(f"{name}: host {host * 1e6:.0f} us/call, wall {(time.perf_counter() - start) / 10 * 1e6:.0f} "
-                  f"us/call", flush=True)
+            host, wall = host_and_wall(piece, 10, 3)
+            print(f"{name}: host {host * 1e6:.0f} us/call, wall {wall * 1e6:.0f} us/call", flush=True)
     for fn in (fused, dense):  # does a step wait for the GPU? (a sync makes host time = GPU time + overhead)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
