@@ -50,6 +50,12 @@ def _check(x: Tensor, base: Tensor, fmt: str, out_features: int, xs: list[Tensor
                              f"B {tuple(bi.shape)} do not fit x {tuple(x.shape)} -> {out_features} features")
 
 
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """`t.to(dtype)` without the call when it would return `t` itself (a no-op `.to` costs ~3 us of host time, and
+    a LoRA layer's forward + backward made 13 of them)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def out_dtype(x: Tensor, b: list[Tensor]) -> torch.dtype:
     """peft adds each adapter's output to the base's: fp32 adapters on a bf16 base promote the sum to fp32."""
     dtype = x.dtype
@@ -77,7 +83,7 @@ def _reference(x, base, scales, aux, fmt, group, out_features, bias, xs, a, b, s
     w = base_weight(base, scales, aux, fmt, group, out_features, x.shape[-1], x.dtype)
     y = F.linear(x, w, bias)
     for xi, ai, bi, si in zip(xs, a, b, scalings):
-        y = y + F.linear(F.linear(xi.to(ai.dtype), ai), bi) * si
+        y = y + F.linear(F.linear(_as(xi, ai.dtype), ai), bi) * si
     return y
 
 
@@ -95,10 +101,10 @@ def _triton(x, base, scales, aux, fmt, group, out_features, bias, xs, a, b, scal
     x2 = x.reshape(-1, k)
     xa = lora_b = None
     if a:
-        xa = torch.cat([F.linear(xi.reshape(-1, k).to(ai.dtype), ai) * si for xi, ai, si in zip(xs, a, scalings)],
-                       dim=1).to(x.dtype)
-        lora_b = torch.cat([bi.to(x.dtype) for bi in b], dim=1)
-    bias = None if bias is None else bias.to(x.dtype)
+        xa = _as(torch.cat([F.linear(_as(xi.reshape(-1, k), ai.dtype), ai) * si
+                            for xi, ai, si in zip(xs, a, scalings)], dim=1), x.dtype)
+        lora_b = torch.cat([_as(bi, x.dtype) for bi in b], dim=1)
+    bias = None if bias is None else _as(bias, x.dtype)
     if _in_register(x2.shape[0]):
         y = quant_matmul(x2.contiguous(), base, scales, aux, fmt, group, out_features, k, lora_xa=xa, lora_b=lora_b,
                          bias=bias)
@@ -106,7 +112,7 @@ def _triton(x, base, scales, aux, fmt, group, out_features, bias, xs, a, b, scal
         y = F.linear(x2, base_weight(base, scales, aux, fmt, group, out_features, k, x.dtype), bias)
         if xa is not None:
             y = y.addmm_(xa, lora_b.t())
-    return y.reshape(*x.shape[:-1], out_features).to(out_dtype(x, b))
+    return _as(y.reshape(*x.shape[:-1], out_features), out_dtype(x, b))
 
 
 def _use_kernel(x: Tensor, fmt: str) -> bool:
@@ -165,23 +171,23 @@ def _backward(ctx, grad: Tensor):
     k = x.shape[-1]
     dx = dw = dbias = None
     if ctx.needs_input_grad[0]:
-        gx = grad.to(x.dtype)  # the base linear ran in x's dtype (a promoted sum only adds fp32 adapters)
+        gx = _as(grad, x.dtype)  # the base linear ran in x's dtype (a promoted sum only adds fp32 adapters)
         if fmt == DENSE:
-            dx = gx @ base.to(x.dtype)
+            dx = gx @ _as(base, x.dtype)
         else:
             dx = quant_linear_grad_input_op(gx, base, scales, aux, fmt, group, k)
     if ctx.base_needs_grad:
-        dw = (grad.reshape(-1, out_features).t().to(x.dtype) @ x.reshape(-1, k)).to(base.dtype)
+        dw = _as(_as(grad.reshape(-1, out_features).t(), x.dtype) @ x.reshape(-1, k), base.dtype)
     if has_bias:
-        dbias = grad.reshape(-1, out_features).sum(0).to(x.dtype)
+        dbias = _as(grad.reshape(-1, out_features).sum(0), x.dtype)
     dxs, da, db = [], [], []
     for xi, ai, bi, si in zip(xs, a, b, scalings):  # peft's graph: h = x_i A^T, y += s * h B^T
-        xi2, g2 = xi.reshape(-1, k).to(ai.dtype), grad.reshape(-1, out_features)
+        xi2, g2 = _as(xi.reshape(-1, k), ai.dtype), _as(grad.reshape(-1, out_features), bi.dtype)
         h = xi2 @ ai.t()
-        dh = (g2.to(bi.dtype) @ bi) * si
-        db.append(((g2.to(bi.dtype).t() @ h.to(bi.dtype)) * si).to(bi.dtype))
-        da.append((dh.to(ai.dtype).t() @ xi2).to(ai.dtype))
-        dxs.append((dh.to(ai.dtype) @ ai).to(xi.dtype).reshape(xi.shape))
+        dh = _as((g2 @ bi) * si, ai.dtype)
+        db.append(_as((g2.t() @ _as(h, bi.dtype)) * si, bi.dtype))
+        da.append(_as(dh.t() @ xi2, ai.dtype))
+        dxs.append(_as(dh @ ai, xi.dtype).reshape(xi.shape))
     # torch.library compares this with the inputs' pytree, where a float list is one leaf but an empty list a list
     return dx, dw, None, None, None, None, None, dbias, dxs, da, db, (None if scalings else [])
 
