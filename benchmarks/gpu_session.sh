@@ -40,7 +40,7 @@ step models 200 python3 tests/backends/device_model_check.py --device cuda
 # 100 frames take ~20 s a row on an H100 (host-bound), so 2 repeats of 3 rows plus warm-up fit the limit.
 step tts 240 bash -c "python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/tts-site \
 gpu-extra/tts-wheels/*.whl && PYTHONPATH=/tmp/tts-site:\$PYTHONPATH python3 benchmarks/tts_generate.py --shape 1.7b \
---device cuda --repeats 2 \${TTS_ARGS:-}"
+--device cuda --repeats 2 --profile 30 \${TTS_ARGS:-}"
 step device_check 150 python3 tests/kernels/device_check.py --device cuda
 step train_step 120 bash -c "python3 benchmarks/train_step.py --device cuda --hidden 1024 --layers 8 --seq 512 \
 --repeats 20 && python3 benchmarks/train_step.py --device cuda --hidden 1024 --layers 8 --seq 512 --repeats 20 --lora"

@@ -2,6 +2,7 @@
 
     python benchmarks/tts_generate.py                                  # tiny random model, CPU, 1 thread
     python benchmarks/tts_generate.py --shape 1.7b --device cuda       # released 1.7B shapes, random bf16 weights
+    python benchmarks/tts_generate.py --profile 30                     # then where each model's host time goes
 
 Each run generates `--frames` frames greedily (talker + the nested code-predictor generate per frame) for one
 prompt with a voice description and a language. Three rows, alternated run by run: the unoptimized model,
@@ -42,6 +43,9 @@ def main() -> None:
                         help="default: float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="then profile one 20-frame run of each model and print the N functions with the most "
+                             "own time: where the host time goes")
     args = parser.parse_args()
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
@@ -78,10 +82,33 @@ def main() -> None:
     for name in names:
         print(f"  {name:<17} {fps[name]:8.2f} frames/s  RTF {fps[name] / FRAME_RATE:6.2f}x real time  "
               f"({best[name]:.3f} s)  ratio {fps[name] / fps['reference']:.3f}  paired {paired[name]:.3f}")
-    print(f"  identical frames: {all(torch.equal(outputs[n], outputs['reference']) for n in names)}")
+    same = [torch.equal(outputs[n], outputs["reference"]) for n in names]
+    diverged = "" if all(same) else f" (slipstream's first differing frame: {first_difference(outputs)})"
+    print(f"  identical frames: {all(same)}{diverged}")
     calls = capture.call_counts(model)
     print(f"  unit calls: {calls['direct']} run directly, {calls['compiled']} through torch.compile "
           "(captures, warm-up)")
+    if args.profile:
+        for name, m in (("reference", reference), ("slipstream", model)):
+            profile(name, lambda m=m: qwen3_tts.timed_greedy(m, req, min(args.frames, 20)), args.profile)
+
+
+def first_difference(outputs: dict) -> str:
+    """Index of the first frame where slipstream's codes differ from the reference's, as 'i of n'."""
+    a, b = outputs["slipstream"], outputs["reference"]
+    n = min(a.shape[0], b.shape[0])
+    rows = [i for i in range(n) if not torch.equal(a[i], b[i])]
+    return f"{rows[0] if rows else n} of {n}"
+
+
+def profile(name: str, run, top: int) -> None:
+    """cProfile one run: the functions with the most own time (Python and the C calls it makes)."""
+    import cProfile
+    import pstats
+    profiler = cProfile.Profile()
+    profiler.runcall(run)
+    print(f"--- {name}: top {top} by own time")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
 
 
 if __name__ == "__main__":
