@@ -15,7 +15,7 @@ from torch.fx import Graph, Node
 
 from ..context import REWRITE_BUDGET
 from .ops import is_size_computation, module_path, view
-from .pattern import Match, Pattern, is_metadata_assert, match, near_miss, outside_users
+from .pattern import Match, Pattern, describe, is_metadata_assert, match, near_miss, outside_users
 
 @dataclass(frozen=True)
 class Rule:
@@ -139,7 +139,7 @@ class Pass:
         for node in graph.nodes:
             if self.is_anchor(node) and node not in covered:
                 rules = rules or self.rules()
-                reason = f"'{view(node).name}' node '{node.name}' fits none of this pass's rules"
+                reason = f"{describe(node)} fits none of this pass's rules"
                 stats.rejections.append(Rejection("-", module_path(node), reason + closest_rule(node, rules)))
 
     # -- rewriting --------------------------------------------------------------------------------------------
@@ -174,16 +174,18 @@ def closest_rule(anchor: Node, rules: list[Rule]) -> str:
     for _ in range(NEAR_MISS_DEPTH):
         frontier = list(dict.fromkeys(u for n in frontier for u in n.users if u not in roots))
         roots += frontier[:NEAR_MISS_ROOTS - len(roots)]
-    downstream = set(roots)
 
     def rank(miss):  # the furthest in; of those, one on the anchor's own path (found the anchor or a node from it)
-        return miss.progress, miss.node in downstream or _reads(miss.node, anchor), not miss.commuted
-    best = None
+        return miss.progress, _reads(miss.node, anchor), not miss.commuted
+    best, best_rank = None, None
     for root in roots:
         for rule in rules:
             miss = near_miss(rule.pattern, root, rank)
-            if miss is not None and miss.progress > 0 and (best is None or rank(miss) > rank(best[0])):
-                best = (miss, rule, root)
+            if miss is None or miss.progress == 0:
+                continue
+            miss_rank = rank(miss)
+            if best is None or miss_rank > best_rank:
+                best, best_rank = (miss, rule, root), miss_rank
     if best is None:
         return ""
     miss, rule, root = best

@@ -116,10 +116,11 @@ def near_miss(pattern: Pattern, root: Node,
     try:
         if _match(pattern, root, ({}, (), frozenset())) is not None:
             return None
-        best = None
+        best, best_rank = None, None
         for miss in _misses:
-            if best is None or rank(miss) >= rank(best):
-                best = miss
+            miss_rank = rank(miss)
+            if best is None or miss_rank >= best_rank:
+                best, best_rank = miss, miss_rank
         return best
     finally:
         _misses = None
