@@ -76,6 +76,12 @@ def select_triton(*tensors: torch.Tensor) -> bool:
     return use_triton(tensors[0]) and all(t.dtype in TRITON_DTYPES for t in tensors)
 
 
+def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`t.to(dtype)` without the call when it would return `t` itself: a no-op `.to` still costs ~3-5 us of host
+    time, and the references and autograd formulas run per op call."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def check_launchable(kernel: object, t: torch.Tensor) -> None:
     """Raise if a compiled (non-interpreted) kernel is about to be launched on CPU tensors."""
     if t.device.type != "cpu":

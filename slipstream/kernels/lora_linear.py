@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from slipstream.kernels.dispatch import select_triton
+from slipstream.kernels.dispatch import as_dtype, select_triton
 from slipstream.kernels.registry import define_op
 
 DENSE = "dense"
@@ -48,12 +48,6 @@ def _check(x: Tensor, base: Tensor, fmt: str, out_features: int, xs: list[Tensor
         if xi.shape != x.shape or ai.shape[1] != x.shape[-1] or bi.shape != (out_features, ai.shape[0]):
             raise ValueError(f"lora_linear: adapter {i} shapes x {tuple(xi.shape)}, A {tuple(ai.shape)}, "
                              f"B {tuple(bi.shape)} do not fit x {tuple(x.shape)} -> {out_features} features")
-
-
-def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """`t.to(dtype)` without the call when it would return `t` itself (a no-op `.to` costs ~3 us of host time, and
-    a LoRA layer's forward + backward made 13 of them)."""
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def out_dtype(x: Tensor, b: list[Tensor]) -> torch.dtype:
@@ -83,7 +77,7 @@ def _reference(x, base, scales, aux, fmt, group, out_features, bias, xs, a, b, s
     w = base_weight(base, scales, aux, fmt, group, out_features, x.shape[-1], x.dtype)
     y = F.linear(x, w, bias)
     for xi, ai, bi, si in zip(xs, a, b, scalings):
-        y = y + F.linear(F.linear(_as(xi, ai.dtype), ai), bi) * si
+        y = y + F.linear(F.linear(as_dtype(xi, ai.dtype), ai), bi) * si
     return y
 
 
@@ -101,10 +95,10 @@ def _triton(x, base, scales, aux, fmt, group, out_features, bias, xs, a, b, scal
     x2 = x.reshape(-1, k)
     xa = lora_b = None
     if a:
-        xa = _as(torch.cat([F.linear(_as(xi.reshape(-1, k), ai.dtype), ai) * si
-                            for xi, ai, si in zip(xs, a, scalings)], dim=1), x.dtype)
-        lora_b = torch.cat([_as(bi, x.dtype) for bi in b], dim=1)
-    bias = None if bias is None else _as(bias, x.dtype)
+        xa = as_dtype(torch.cat([F.linear(as_dtype(xi.reshape(-1, k), ai.dtype), ai) * si
+                                 for xi, ai, si in zip(xs, a, scalings)], dim=1), x.dtype)
+        lora_b = torch.cat([as_dtype(bi, x.dtype) for bi in b], dim=1)
+    bias = None if bias is None else as_dtype(bias, x.dtype)
     if _in_register(x2.shape[0]):
         y = quant_matmul(x2.contiguous(), base, scales, aux, fmt, group, out_features, k, lora_xa=xa, lora_b=lora_b,
                          bias=bias)
@@ -112,7 +106,7 @@ def _triton(x, base, scales, aux, fmt, group, out_features, bias, xs, a, b, scal
         y = F.linear(x2, base_weight(base, scales, aux, fmt, group, out_features, k, x.dtype), bias)
         if xa is not None:
             y = y.addmm_(xa, lora_b.t())
-    return _as(y.reshape(*x.shape[:-1], out_features), out_dtype(x, b))
+    return as_dtype(y.reshape(*x.shape[:-1], out_features), out_dtype(x, b))
 
 
 def _use_kernel(x: Tensor, fmt: str) -> bool:
@@ -171,23 +165,23 @@ def _backward(ctx, grad: Tensor):
     k = x.shape[-1]
     dx = dw = dbias = None
     if ctx.needs_input_grad[0]:
-        gx = _as(grad, x.dtype)  # the base linear ran in x's dtype (a promoted sum only adds fp32 adapters)
+        gx = as_dtype(grad, x.dtype)  # the base linear ran in x's dtype (a promoted sum only adds fp32 adapters)
         if fmt == DENSE:
-            dx = gx @ _as(base, x.dtype)
+            dx = gx @ as_dtype(base, x.dtype)
         else:
             dx = quant_linear_grad_input_op(gx, base, scales, aux, fmt, group, k)
     if ctx.base_needs_grad:
-        dw = _as(_as(grad.reshape(-1, out_features).t(), x.dtype) @ x.reshape(-1, k), base.dtype)
+        dw = as_dtype(as_dtype(grad.reshape(-1, out_features).t(), x.dtype) @ x.reshape(-1, k), base.dtype)
     if has_bias:
-        dbias = _as(grad.reshape(-1, out_features).sum(0), x.dtype)
+        dbias = as_dtype(grad.reshape(-1, out_features).sum(0), x.dtype)
     dxs, da, db = [], [], []
     for xi, ai, bi, si in zip(xs, a, b, scalings):  # peft's graph: h = x_i A^T, y += s * h B^T
-        xi2, g2 = _as(xi.reshape(-1, k), ai.dtype), _as(grad.reshape(-1, out_features), bi.dtype)
+        xi2, g2 = as_dtype(xi.reshape(-1, k), ai.dtype), as_dtype(grad.reshape(-1, out_features), bi.dtype)
         h = xi2 @ ai.t()
-        dh = _as((g2 @ bi) * si, ai.dtype)
-        db.append(_as((g2.t() @ _as(h, bi.dtype)) * si, bi.dtype))
-        da.append(_as(dh.t() @ xi2, ai.dtype))
-        dxs.append(_as(dh @ ai, xi.dtype).reshape(xi.shape))
+        dh = as_dtype((g2 @ bi) * si, ai.dtype)
+        db.append(as_dtype((g2.t() @ as_dtype(h, bi.dtype)) * si, bi.dtype))
+        da.append(as_dtype(dh.t() @ xi2, ai.dtype))
+        dxs.append(as_dtype(dh @ ai, xi.dtype).reshape(xi.shape))
     # torch.library compares this with the inputs' pytree, where a float list is one leaf but an empty list a list
     return dx, dw, None, None, None, None, None, dbias, dxs, da, db, (None if scalings else [])
 

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from slipstream.kernels.dispatch import select_triton
+from slipstream.kernels.dispatch import as_dtype, select_triton
 from slipstream.kernels.registry import define_op
 
 
@@ -33,8 +33,7 @@ def rms_norm_reference(x: Tensor, weight: Tensor, eps: float, offset: float, cas
     xf = _fp32(x)
     n = xf * xf.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
     if cast_first:
-        if n.dtype != x.dtype:
-            n = n.to(x.dtype)
+        n = as_dtype(n, x.dtype)
         w = weight + offset if offset else weight  # no `+ 0.0` op when there is no offset
         return n.mul_(w) if w.dtype == n.dtype else w * n  # one rounded product either way
     return n.mul_(_fp32(weight) + offset).to(x.dtype)
@@ -50,14 +49,14 @@ def rms_norm_backward_reference(
     grad_x = (gw - n * (gw * n).mean(-1, keepdim=True)).mul_(rstd)
     if compute_weight_grad:
         grad_w = (gf * n).reshape(-1, x.shape[-1]).sum(0)
-        grad_w = grad_w if grad_w.dtype == weight.dtype else grad_w.to(weight.dtype)
+        grad_w = as_dtype(grad_w, weight.dtype)
     else:
         grad_w = weight.new_empty(0)
-    return (grad_x if grad_x.dtype == x.dtype else grad_x.to(x.dtype)).contiguous(), grad_w
+    return as_dtype(grad_x, x.dtype).contiguous(), grad_w
 
 
 def _fp32(t: Tensor) -> Tensor:
-    return t if t.dtype == torch.float32 else t.float()  # no no-op cast calls: each costs ~5 us on a CPU
+    return as_dtype(t, torch.float32)
 
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float, offset: float, cast_first: bool) -> Tensor:
