@@ -26,6 +26,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $out/NAME.log
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv
   python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, \
 'transformers', transformers.__version__)"; } 2>&1 | tee "$out/machine.txt"
+# host time of a Triton launch and of each decode op vs eager: where issue 4's and 7's host-bound time goes
+step launch_overhead 90 python3 benchmarks/launch_overhead.py
 step attention_tune 150 python3 benchmarks/attention_tune.py
 step attention_tune_short 120 python3 benchmarks/attention_tune.py --seq 1024 --save "$out/tiles.json"
 step rms_norm_tune 60 python3 benchmarks/rms_norm_tune.py

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 
 from .options import PRINT_AFTER
-from .report import Report, _unit_summary
+from .report import Report, unit_summary
 
 
 def render_diff(report: Report, print_after: str = "change", times: bool = True) -> str:
@@ -27,7 +27,7 @@ def render_diff(report: Report, print_after: str = "change", times: bool = True)
     for trace in report.traces:
         served = sorted({unit for unit, gid in report.runs if gid == trace.graph_id})
         lines.append(f"\n=== graph {trace.graph_id}: {trace.unit or '<model>'} (serves "
-                     f"{_unit_summary(served) or 'no unit yet'}) · {trace.ops} ops")
+                     f"{unit_summary(served) or 'no unit yet'}) · {trace.ops} ops")
         for p in trace.passes:
             if print_after == "change" and not (p.changed or p.rejections):
                 continue

@@ -10,7 +10,7 @@ import html
 
 from .diff import verify_lines
 from .pictures import COLORS, to_svg
-from .report import Report, _unit_summary, decision_groups
+from .report import Report, decision_groups, unit_summary
 
 _CSS = f"""
 body {{ font-family: sans-serif; margin: 24px; background: #ffffff; color: #202124; }}
@@ -35,7 +35,7 @@ def render_html(report: Report) -> str:
     for trace in report.traces:
         served = sorted({unit for unit, gid in report.runs if gid == trace.graph_id})
         body.append(f'<h2 id="graph-{trace.graph_id}">graph {trace.graph_id}: {e(trace.unit or "<model>")} '
-                    f"(serves {e(_unit_summary(served) or 'no unit yet')})</h2>")
+                    f"(serves {e(unit_summary(served) or 'no unit yet')})</h2>")
         for p in trace.passes:
             if not (p.changed or p.rejections):
                 continue
@@ -75,7 +75,7 @@ def _verify_table(checks: list) -> str:
 def _decisions_table(report: Report) -> str:
     e = html.escape
     rows = "".join(f"<tr><td>{e(name)}</td><td>{e(impl)}</td><td>{e(reason)}</td><td>{len(paths)}</td>"
-                   f"<td>{e(_unit_summary(paths))}</td></tr>"
+                   f"<td>{e(unit_summary(paths))}</td></tr>"
                    for name in sorted(report.pass_names)
                    for impl, reason, paths in decision_groups(report.decisions(name)))
     return ('<h2>run-time decisions</h2><table class="decisions"><tr><td>pass</td><td>ran</td><td>why</td>'

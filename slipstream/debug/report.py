@@ -127,7 +127,7 @@ class Report:
         return render(self)
 
 
-def _unit_summary(paths: list[str]) -> str:
+def unit_summary(paths: list[str]) -> str:
     """`a.layers.0.x, a.layers.1.x, a.norm` -> `a.layers.[0-1].x, a.norm` (one entry per run of layer indices)."""
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     order: list[tuple[str, str]] = []
@@ -152,7 +152,7 @@ def _unit_summary(paths: list[str]) -> str:
 def render(report: Report) -> str:
     lines = [f"slipstream {report.version} · pipeline: {report.pipeline}",
              f"captured {report.graphs} graph(s) serving {len({u for u, _ in report.runs})} of "
-             f"{len(report.units)} unit(s): {_unit_summary(report.units)}"]
+             f"{len(report.units)} unit(s): {unit_summary(report.units)}"]
     if not report.runs:
         lines.append("no graph has run yet: units are captured on their first call (run a forward first)")
     for record in report.passes.values():
@@ -168,7 +168,7 @@ def render(report: Report) -> str:
         for rule, path, reason in sorted(record.rejections):
             lines.append(f"  ! {path or '<model>'}: refused{'' if rule == '-' else f' ({rule})'}: {reason}")
         lines.extend(f"  = {note}" for note in report.notes.get(record.name, ()))
-        lines.extend(_decision_lines(report.decisions(record.name)))
+        lines.extend(decision_lines(report.decisions(record.name)))
     return "\n".join(lines)
 
 
@@ -180,8 +180,9 @@ def decision_groups(decisions: list[tuple[str, str, str]]) -> list[tuple[str, st
     return [(impl, reason, paths) for (impl, reason), paths in sorted(grouped.items())]
 
 
-def _decision_lines(decisions: list[tuple[str, str, str]]) -> list[str]:
-    return [f"  > ran {impl} at {len(paths)} site(s) ({reason}): {_unit_summary(paths)}"
+def decision_lines(decisions: list[tuple[str, str, str]]) -> list[str]:
+    """One `> ran <impl> at <n> site(s) (<reason>): <units>` line per (implementation, reason) a pass chose."""
+    return [f"  > ran {impl} at {len(paths)} site(s) ({reason}): {unit_summary(paths)}"
             for impl, reason, paths in decision_groups(decisions)]
 
 

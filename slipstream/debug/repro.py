@@ -54,7 +54,7 @@ def exercise(model: nn.Module) -> None:
 
 def main(dump_dir: Path, checkpoint: str | None, verify: bool, argv: list[str]) -> int:
     import slipstream
-    from .report import _decision_lines
+    from .report import decision_lines
 
     torch.set_num_threads(1)
     pipeline = (dump_dir / "pipeline.txt").read_text(encoding="utf-8").strip()
@@ -62,7 +62,7 @@ def main(dump_dir: Path, checkpoint: str | None, verify: bool, argv: list[str]) 
     exercise(model)
     report = slipstream.report(model)
     print(slipstream.diff(model), end="")
-    decisions = [line for name in report.pass_names for line in _decision_lines(report.decisions(name))]
+    decisions = [line for name in report.pass_names for line in decision_lines(report.decisions(name))]
     if decisions:
         print("\nrun-time decisions:\n" + "\n".join(decisions))
     return 1 if any(not c.ok for c in report.checks) else 0

@@ -86,6 +86,12 @@ def _in_register(rows: int) -> bool:
     return rows <= FUSED_MAX_ROWS
 
 
+def _side_by_side(parts: list[Tensor]) -> Tensor:
+    """The adapters' [rows, r_i] parts as one [rows, sum r_i] matrix; one adapter as it is (a cat would copy it:
+    one more launch per call)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 def _triton(x, base, scales, aux, fmt, group, out_features, bias, xs, a, b, scalings) -> Tensor:
     """The Triton path: the adapters' A-projections (M x r, cheap) first, then one in-register kernel for base +
     LoRA + bias, or (more rows) a transiently dequantized base in cuBLAS plus the LoRA product."""
@@ -95,9 +101,9 @@ def _triton(x, base, scales, aux, fmt, group, out_features, bias, xs, a, b, scal
     x2 = x.reshape(-1, k)
     xa = lora_b = None
     if a:
-        xa = as_dtype(torch.cat([F.linear(as_dtype(xi.reshape(-1, k), ai.dtype), ai) * si
-                                 for xi, ai, si in zip(xs, a, scalings)], dim=1), x.dtype)
-        lora_b = torch.cat([as_dtype(bi, x.dtype) for bi in b], dim=1)
+        xa = as_dtype(_side_by_side([F.linear(as_dtype(xi.reshape(-1, k), ai.dtype), ai) * si
+                                     for xi, ai, si in zip(xs, a, scalings)]), x.dtype)
+        lora_b = _side_by_side([as_dtype(bi, x.dtype) for bi in b])
     bias = None if bias is None else as_dtype(bias, x.dtype)
     if _in_register(x2.shape[0]):
         y = quant_matmul(x2.contiguous(), base, scales, aux, fmt, group, out_features, k, lora_xa=xa, lora_b=lora_b,

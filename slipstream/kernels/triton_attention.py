@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from slipstream.kernels.triton_utils import launch_guard, persistent_programs
+from slipstream.kernels.triton_utils import cdiv, launch_guard, next_power_of_2, persistent_programs
 
 # Decode packs the group's query heads x S queries into one row block, capped so the tile stays in registers.
 DECODE_MAX_ROWS = 64
@@ -318,10 +318,10 @@ def flash_forward(q, k, v, key_padding, causal: bool, scale: float, window: int,
     if out.numel() == 0:
         return out, lse.fill_(float("inf"))
     kp, skpb = pad_mask(key_padding, q)
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d = max(16, next_power_of_2(d))
     block_m, block_n, warps, stages = _fwd_config(block_d, q.dtype, s)
     with launch_guard(_attn_fwd_kernel, q):
-        _attn_fwd_kernel[(triton.cdiv(s, block_m), b * hq)](
+        _attn_fwd_kernel[(cdiv(s, block_m), b * hq)](
             q, k, v, out, lse, kp, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], skpb,
             hq, hq // hkv, s, t_len, d, scale, softcap, window, seed, dropout_p,
             CAUSAL=causal, WINDOW=window > 0, SOFTCAP=softcap > 0, HAS_PAD=key_padding is not None,
@@ -334,7 +334,7 @@ def flash_forward(q, k, v, key_padding, causal: bool, scale: float, window: int,
 def decode_splits(q: torch.Tensor, work: int, t_len: int, block_n: int) -> int:
     """Enough splits to give every SM ~2 programs (4 programs on CPU), each chunk at least one key block."""
     target = 2 * persistent_programs(q, 1 << 30)
-    return max(1, min(MAX_SPLITS, triton.cdiv(t_len, block_n), triton.cdiv(target, max(work, 1))))
+    return max(1, min(MAX_SPLITS, cdiv(t_len, block_n), cdiv(target, max(work, 1))))
 
 
 def decode_forward(q, k, v, key_padding, causal: bool, scale: float, window: int, softcap: float,
@@ -346,11 +346,11 @@ def decode_forward(q, k, v, key_padding, causal: bool, scale: float, window: int
     group = hq // hkv
     if group * s > DECODE_MAX_ROWS:
         raise ValueError(f"attention decode: {group} heads x {s} queries > {DECODE_MAX_ROWS} rows; use flash")
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d = max(16, next_power_of_2(d))
     block_n = 64 if block_d <= 128 and q.dtype != torch.float32 else 32
     splits = num_splits or decode_splits(q, b * hkv, t_len, block_n)
-    chunk = triton.cdiv(triton.cdiv(max(t_len, 1), splits), block_n) * block_n
-    splits = max(1, triton.cdiv(t_len, chunk))
+    chunk = cdiv(cdiv(max(t_len, 1), splits), block_n) * block_n
+    splits = max(1, cdiv(t_len, chunk))
     part_o = torch.empty((splits, b, hq, s, d), dtype=torch.float32, device=q.device)
     part_l = torch.empty((splits, b, hq, s), dtype=torch.float32, device=q.device)
     out = torch.empty((b, hq, s, d), dtype=q.dtype, device=q.device)
@@ -358,7 +358,7 @@ def decode_forward(q, k, v, key_padding, causal: bool, scale: float, window: int
     if out.numel() == 0:
         return out, lse.fill_(float("inf"))
     kp, skpb = pad_mask(key_padding, q)
-    block_m = max(16, triton.next_power_of_2(group * s))
+    block_m = max(16, next_power_of_2(group * s))
     with launch_guard(_attn_decode_kernel, q):
         _attn_decode_kernel[(splits, b * hkv)](
             q, k, v, part_o, part_l, kp, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], skpb,
@@ -368,7 +368,7 @@ def decode_forward(q, k, v, key_padding, causal: bool, scale: float, window: int
         )
         _attn_decode_combine_kernel[(b * hq * s,)](
             part_o, part_l, out, lse, b * hq * s, splits, d,
-            BLOCK_SPLIT=triton.next_power_of_2(splits), BLOCK_D=block_d, num_warps=1 if block_d <= 64 else 2,
+            BLOCK_SPLIT=next_power_of_2(splits), BLOCK_D=block_d, num_warps=1 if block_d <= 64 else 2,
         )
     return out, lse
 
@@ -389,6 +389,6 @@ def dropout_keep_mask(b: int, h: int, s: int, t: int, dropout_p: float, seed: in
     out = torch.empty((b, h, s, t), dtype=torch.int8, device=device)
     if out.numel():
         with launch_guard(_keep_mask_kernel, out):
-            _keep_mask_kernel[(triton.cdiv(s, 32), triton.cdiv(t, 32), b * h)](out, s, t, seed, dropout_p,
+            _keep_mask_kernel[(cdiv(s, 32), cdiv(t, 32), b * h)](out, s, t, seed, dropout_p,
                                                                               BLOCK_M=32, BLOCK_N=32)
     return out.bool()

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from slipstream.kernels.triton_attention import _block_index, _capped, _dot, _keep, _key_range, _unmasked_keys, _visible
 from slipstream.kernels.triton_attention import SHORT_SEQ, last_dim_contiguous, pad_mask, precision
-from slipstream.kernels.triton_utils import launch_guard
+from slipstream.kernels.triton_utils import cdiv, launch_guard, next_power_of_2
 
 
 @triton.jit
@@ -277,7 +277,7 @@ def flash_backward(grad, q, k, v, out, lse, key_padding, causal: bool, scale: fl
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     kp, skpb = pad_mask(key_padding, q)
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d = max(16, next_power_of_2(d))
     (m1, n1, warps1, stages1), (m2, n2, warps2, stages2) = _bwd_config(block_d, q.dtype, s)
     delta = torch.empty((b, hq, s), dtype=torch.float32, device=q.device)
     flags = dict(CAUSAL=causal, WINDOW=window > 0, SOFTCAP=softcap > 0, HAS_PAD=key_padding is not None,
@@ -285,12 +285,12 @@ def flash_backward(grad, q, k, v, out, lse, key_padding, causal: bool, scale: fl
     common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad.stride()[:3], skpb,
               hq, hq // hkv, s, t_len, d, scale, softcap, window, seed, dropout_p)
     with launch_guard(_attn_bwd_dkdv_kernel, q):
-        _attn_bwd_delta_kernel[(triton.cdiv(s, 64), b * hq)](
+        _attn_bwd_delta_kernel[(cdiv(s, 64), b * hq)](
             out, grad, delta, *out.stride()[:3], *grad.stride()[:3], hq, s, d, BLOCK_M=64, BLOCK_D=block_d)
-        _attn_bwd_dkdv_kernel[(triton.cdiv(t_len, n1), b * hkv)](
+        _attn_bwd_dkdv_kernel[(cdiv(t_len, n1), b * hkv)](
             q, k, v, grad, lse, delta, dk, dv, kp, *common, BLOCK_M=m1, BLOCK_N=n1, num_warps=warps1,
             num_stages=stages1, **flags)
-        _attn_bwd_dq_kernel[(triton.cdiv(s, m2), b * hq)](
+        _attn_bwd_dq_kernel[(cdiv(s, m2), b * hq)](
             q, k, v, grad, lse, delta, dq, kp, *common, BLOCK_M=m2, BLOCK_N=n2, num_warps=warps2,
             num_stages=stages2, **flags)
     return dq, dk, dv

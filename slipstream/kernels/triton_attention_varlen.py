@@ -14,7 +14,7 @@ import triton.language as tl
 from slipstream.kernels.triton_attention import _attn_fwd_tile, _fwd_config, last_dim_contiguous, precision
 from slipstream.kernels.triton_attention_bwd import _attn_bwd_delta_kernel, _attn_dkdv_tile, _attn_dq_tile
 from slipstream.kernels.triton_attention_bwd import _bwd_config
-from slipstream.kernels.triton_utils import launch_guard
+from slipstream.kernels.triton_utils import cdiv, launch_guard, next_power_of_2
 
 
 @triton.jit
@@ -106,10 +106,10 @@ def varlen_forward(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool, sc
     lse = torch.full((hq, total_q), float("inf"), dtype=torch.float32, device=q.device)
     if q.numel() == 0 or batch <= 0 or max_q <= 0:
         return out.zero_(), lse
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d = max(16, next_power_of_2(d))
     block_m, block_n, warps, stages = _fwd_config(block_d, q.dtype, max_q)
     with launch_guard(_attn_varlen_fwd_kernel, q):
-        _attn_varlen_fwd_kernel[(triton.cdiv(max_q, block_m), batch * hq)](
+        _attn_varlen_fwd_kernel[(cdiv(max_q, block_m), batch * hq)](
             q, k, v, out, lse, cu_q, cu_k, *_strides(q, k, v, out), total_q, hq, hq // hkv, d,
             scale, softcap, window, CAUSAL=causal, WINDOW=window > 0, SOFTCAP=softcap > 0,
             PRECISION=precision(q), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
@@ -130,21 +130,21 @@ def varlen_backward(grad, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
     dv = torch.zeros((total_k, hkv, d), dtype=v.dtype, device=v.device)
     if q.numel() == 0 or k.numel() == 0 or batch <= 0:
         return dq, dk, dv
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d = max(16, next_power_of_2(d))
     (m1, n1, warps1, stages1), (m2, n2, warps2, stages2) = _bwd_config(block_d, q.dtype, max_q)
     delta = torch.empty((hq, total_q), dtype=torch.float32, device=q.device)
     flags = dict(CAUSAL=causal, WINDOW=window > 0, SOFTCAP=softcap > 0, PRECISION=precision(q), BLOCK_D=block_d)
     common = (*_strides(q, k, v, grad), total_q, hq, hq // hkv, d, scale, softcap, window)
     o4, g4 = out.unsqueeze(0).transpose(1, 2), grad.unsqueeze(0).transpose(1, 2)  # [1, Hq, total_q, D] views
     with launch_guard(_attn_varlen_dkdv_kernel, q):
-        _attn_bwd_delta_kernel[(triton.cdiv(total_q, 64), hq)](
+        _attn_bwd_delta_kernel[(cdiv(total_q, 64), hq)](
             o4, g4, delta, *o4.stride()[:3], *g4.stride()[:3], hq, total_q, d, BLOCK_M=64, BLOCK_D=block_d)
         if max_k > 0:
-            _attn_varlen_dkdv_kernel[(triton.cdiv(max_k, n1), batch * hkv)](
+            _attn_varlen_dkdv_kernel[(cdiv(max_k, n1), batch * hkv)](
                 q, k, v, grad, lse, delta, dk, dv, cu_q, cu_k, *common, BLOCK_M=m1, BLOCK_N=n1, num_warps=warps1,
                 num_stages=stages1, **flags)
         if max_q > 0:
-            _attn_varlen_dq_kernel[(triton.cdiv(max_q, m2), batch * hq)](
+            _attn_varlen_dq_kernel[(cdiv(max_q, m2), batch * hq)](
                 q, k, v, grad, lse, delta, dq, cu_q, cu_k, *common, BLOCK_M=m2, BLOCK_N=n2, num_warps=warps2,
                 num_stages=stages2, **flags)
     return dq, dk, dv

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from slipstream.kernels.quant_formats import ABSMAX_BLOCK, NF4_BLOCK, NF4_CODE
 from slipstream.kernels.triton_attention import _dot, last_dim_contiguous, precision
-from slipstream.kernels.triton_utils import as_rows, launch_guard
+from slipstream.kernels.triton_utils import as_rows, cdiv, launch_guard, next_power_of_2
 
 INT8 = tl.constexpr(0)
 FP8 = tl.constexpr(1)
@@ -240,16 +240,16 @@ def _weight_args(packed, scales, aux, fmt: str, group: int, n: int, k: int) -> t
     elif fmt == "int4":
         if group <= 0 or group % 16:
             raise ValueError(f"int4 group size must be a positive multiple of 16, got {group}")
-        kp = triton.cdiv(k, group) * group
+        kp = cdiv(k, group) * group
         n_groups, asym = kp // group, aux.numel() > 0
         ok = packed.dtype == torch.uint8 and packed.shape == (n, kp // 2) and scales.shape == (n, n_groups)
         ok = ok and (not asym or (aux.dtype == torch.uint8 and aux.shape == (n, n_groups)))
     else:
-        n_groups = nb = triton.cdiv(n * k, NF4_BLOCK)
+        n_groups = nb = cdiv(n * k, NF4_BLOCK)
         dq = scales.dtype == torch.uint8
-        ok = group == NF4_BLOCK and packed.dtype == torch.uint8 and packed.shape == (triton.cdiv(n * k, 2),)
+        ok = group == NF4_BLOCK and packed.dtype == torch.uint8 and packed.shape == (cdiv(n * k, 2),)
         ok = ok and scales.shape == (nb,) and (not dq or (aux.dtype == torch.float32
-                                                          and aux.shape == (257 + triton.cdiv(nb, ABSMAX_BLOCK),)))
+                                                          and aux.shape == (257 + cdiv(nb, ABSMAX_BLOCK),)))
     if not ok or scales.dtype not in (torch.float32, torch.uint8) or (fmt != "nf4" and scales.dtype != torch.float32):
         raise ValueError(f"{fmt} weight [{n}, {k}] (group {group}) does not match docs/quantization.md: packed "
                          f"{packed.dtype} {tuple(packed.shape)}, scales {scales.dtype} {tuple(scales.shape)}, "
@@ -286,13 +286,13 @@ def _mm_config(m: int, dtype: torch.dtype, device: torch.device) -> tuple[int, .
     dots, no tensor cores) smaller. The interpreter (CPU) runs programs serially: tiles that still give several
     tiles per dim on the test shapes (exercising the masks) without many tiny programs."""
     if device.type == "cpu":
-        return max(16, min(64, triton.next_power_of_2(m))), 32, 32, 4, 1
+        return max(16, min(64, next_power_of_2(m))), 32, 32, 4, 1
     if dtype == torch.float32:
         return (16 if m <= 16 else 64), 64, 32, 4, 2
     if m <= 16:
         return 16, 32, 128, 4, 4
     if m <= 64:
-        return max(32, triton.next_power_of_2(m)), 64, 64, 4, 4
+        return max(32, next_power_of_2(m)), 64, 64, 4, 4
     return 128, 128, 64, 8, 3
 
 
@@ -335,8 +335,8 @@ def quant_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, au
     bias_t = x2 if bias is None else bias.contiguous()
     block_m, block_n, block_k, warps, stages = _mm_config(m, x.dtype, x.device)
     block_k = _block_k(fmt, group, block_k)
-    block_r = max(16, min(64, triton.next_power_of_2(max(r, 1))))
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+    block_r = max(16, min(64, next_power_of_2(max(r, 1))))
+    grid = (cdiv(m, block_m) * cdiv(n, block_n),)
     with launch_guard(_qmm_kernel, x):
         _qmm_kernel[grid](
             x2, *wargs, xa, b, bias_t, y, m, n, k, r, x2.stride(0), wkw["stride_p"], wkw["n_groups"], wkw["group"],
@@ -357,7 +357,7 @@ def quant_matmul_t(dy: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
     # Same tiles as the forward with N and K swapped: [BLOCK_M, BLOCK_K] outputs, N reduced in BLOCK_N steps.
     block_m, block_k, block_n, warps, stages = _mm_config(m, dy.dtype, dy.device)
     block_k = _block_k(fmt, group, block_k)
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(k, block_k),)
+    grid = (cdiv(m, block_m) * cdiv(k, block_k),)
     with launch_guard(_qmm_t_kernel, dy):
         _qmm_t_kernel[grid](
             dy2, *wargs, dx, m, n, k, dy2.stride(0), wkw["stride_p"], wkw["n_groups"], wkw["group"],
@@ -377,7 +377,7 @@ def dequantize(packed: torch.Tensor, scales: torch.Tensor, aux: torch.Tensor, fm
     block_n, block_k = (32, _block_k(fmt, group, 32)) if out.device.type == "cpu" else (128, _block_k(fmt, group, 64))
     with launch_guard(_dequant_kernel, packed):
         # No fp fusion: nf4's double-quant absmax map * absmax2 + offset must round like the reference (no FMA).
-        _dequant_kernel[(triton.cdiv(n, block_n), triton.cdiv(k, block_k))](
+        _dequant_kernel[(cdiv(n, block_n), cdiv(k, block_k))](
             *wargs, out, n, k, wkw["stride_p"], wkw["n_groups"], wkw["group"], **_format_args(wkw),
             BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, enable_fp_fusion=False,
         )

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from slipstream.kernels.triton_utils import as_rows, launch_guard, persistent_programs, row_tile
+from slipstream.kernels.triton_utils import as_rows, cdiv, launch_guard, persistent_programs, row_tile
 
 
 @triton.jit
@@ -67,7 +67,7 @@ def rms_norm_forward(
     m, n = x2.shape
     block_m, block_n, warps = row_tile(n, m, "rms_norm")
     with launch_guard(_rms_norm_fwd_kernel, x):
-        _rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
+        _rms_norm_fwd_kernel[(cdiv(m, block_m),)](
             x2, weight, out, x2.stride(0), n, m, n, eps, offset,
             CAST_FIRST=cast_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
         )
@@ -83,7 +83,7 @@ def rms_norm_backward(
     x2, g2 = as_rows(x), as_rows(grad)
     m, n = x2.shape
     block_m, block_n, warps = row_tile(n, m, "rms_norm")
-    tiles = triton.cdiv(m, block_m)
+    tiles = cdiv(m, block_m)
     # two programs per SM: one's row loads overlap the other's reductions (93 vs 135 us on an H200,
     # benchmarks/rms_norm_tune.py); more only grows the fp32 partial-dW buffer
     programs = persistent_programs(x, tiles, per_sm=2)
@@ -91,7 +91,7 @@ def rms_norm_backward(
     with launch_guard(_rms_norm_bwd_kernel, x):
         _rms_norm_bwd_kernel[(programs,)](
             g2, x2, weight, grad_x, partial, g2.stride(0), x2.stride(0), n, m, n, eps, offset,
-            triton.cdiv(tiles, programs), HAS_DW=compute_weight_grad, BLOCK_M=block_m, BLOCK_N=block_n,
+            cdiv(tiles, programs), HAS_DW=compute_weight_grad, BLOCK_M=block_m, BLOCK_N=block_n,
             num_warps=warps,
         )
     grad_w = partial.sum(0).to(weight.dtype) if compute_weight_grad else weight.new_empty(0)

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from slipstream.kernels.triton_utils import launch_guard, warps_for
+from slipstream.kernels.triton_utils import cdiv, launch_guard, next_power_of_2, warps_for
 
 # Elements per tile (rotated halves plus pass-through dims, over BLOCK_S tokens and BLOCK_H heads).
 _TILE = 4096
@@ -94,11 +94,11 @@ def _rope_kernel(
 
 
 def _blocks(s: int, h: int, d: int, r: int) -> tuple[int, int, int, int]:
-    block_r2 = triton.next_power_of_2(r // 2)
-    block_p = triton.next_power_of_2(d - r) if d > r else 1
+    block_r2 = next_power_of_2(r // 2)
+    block_p = next_power_of_2(d - r) if d > r else 1
     per_head = 2 * block_r2 + (block_p if d > r else 0)
-    block_h = min(triton.next_power_of_2(h), max(1, _TILE // per_head))
-    block_s = min(triton.next_power_of_2(s), max(1, _TILE // (per_head * block_h)))
+    block_h = min(next_power_of_2(h), max(1, _TILE // per_head))
+    block_s = min(next_power_of_2(s), max(1, _TILE // (per_head * block_h)))
     return block_s, block_h, block_r2, block_p
 
 
@@ -117,7 +117,7 @@ def rope_apply(
     cos, sin = cos.expand(b, s, r), sin.expand(b, s, r)
     block_s, block_h, block_r2, block_p = _blocks(s, max(hq, hk), d, r)
     with launch_guard(_rope_kernel, q):
-        _rope_kernel[(b * triton.cdiv(s, block_s),)](
+        _rope_kernel[(b * cdiv(s, block_s),)](
             q, k, cos, sin, qo, ko, s, hq, hk, d, r // 2,
             *q.stride(), *k.stride(), *cos.stride(), *sin.stride(),
             BACKWARD=backward, HAS_PASS=d > r, INTERLEAVED=interleaved,

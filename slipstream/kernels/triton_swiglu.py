@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from slipstream.kernels.triton_utils import as_rows, launch_guard, warps_for
+from slipstream.kernels.triton_utils import as_rows, cdiv, launch_guard, next_power_of_2, warps_for
 
 SILU = tl.constexpr(0)
 GELU_ERF = tl.constexpr(1)
@@ -83,9 +83,9 @@ def _gated_bwd_kernel(
 
 
 def _blocks(m: int, n: int) -> tuple[int, int, tuple[int, int]]:
-    block_n = min(triton.next_power_of_2(n), _MAX_BLOCK_N)
-    block_m = max(1, min(triton.next_power_of_2(m), _TILE // block_n))
-    return block_m, block_n, (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+    block_n = min(next_power_of_2(n), _MAX_BLOCK_N)
+    block_m = max(1, min(next_power_of_2(m), _TILE // block_n))
+    return block_m, block_n, (cdiv(m, block_m), cdiv(n, block_n))
 
 
 def gated_forward(gate: torch.Tensor, up: torch.Tensor, approximate: Optional[str]) -> torch.Tensor:

@@ -80,3 +80,16 @@ def test_kernels_compile_for_cuda(tmp_path):
     if result.returncode == 77:
         pytest.skip("this triton build has no CUDA backend")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_host_grid_helpers_equal_tritons():
+    """Launch code computes grids and tiles with our plain-int cdiv / next_power_of_2 (Triton's are constexpr
+    functions, ~3 us a call): they must give Triton's values, including at 0 and 1."""
+    import triton
+
+    from slipstream.kernels.triton_utils import cdiv, next_power_of_2
+
+    for n in [*range(0, 300), 1023, 1024, 1025, 65535, 65536, 65537, 2 ** 31 + 5]:
+        assert next_power_of_2(n) == triton.next_power_of_2(n), n
+        for d in (1, 2, 3, 16, 64, 97, 128):
+            assert cdiv(n, d) == triton.cdiv(n, d), (n, d)
