@@ -39,10 +39,13 @@ step lora_linear 60 python3 benchmarks/lora_linear.py
 step lora_linear_overhead 60 python3 benchmarks/lora_linear_overhead.py
 step models 200 python3 tests/backends/device_model_check.py --device cuda
 # qwen-tts 0.1.1 needs transformers 4.57.3 (the machine has 5.x): gpu-extra/tts-wheels, installed privately.
+tts_site="python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/tts-site gpu-extra/tts-wheels/*.whl \
+&& PYTHONPATH=/tmp/tts-site:\$PYTHONPATH"
+# one decode call of a talker / code-predictor layer: eager, slipstream, its graph, and both as CUDA-graph replays
+step decode_layer_calls 120 bash -c "$tts_site python3 benchmarks/decode_layer_calls.py --shape 1.7b --device cuda"
 # 100 frames take ~20 s a row on an H100 (host-bound), so 2 repeats of 3 rows plus warm-up fit the limit.
-step tts 240 bash -c "python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/tts-site \
-gpu-extra/tts-wheels/*.whl && PYTHONPATH=/tmp/tts-site:\$PYTHONPATH python3 benchmarks/tts_generate.py --shape 1.7b \
---device cuda --repeats 2 --profile 30 \${TTS_ARGS:-}"
+step tts 240 bash -c "$tts_site python3 benchmarks/tts_generate.py --shape 1.7b --device cuda --repeats 2 \
+--profile 30 \${TTS_ARGS:-}"
 step device_check 150 python3 tests/kernels/device_check.py --device cuda
 step train_step 120 bash -c "python3 benchmarks/train_step.py --device cuda --hidden 1024 --layers 8 --seq 512 \
 --repeats 20 && python3 benchmarks/train_step.py --device cuda --hidden 1024 --layers 8 --seq 512 --repeats 20 --lora"
