@@ -85,8 +85,10 @@ def eager_attention(q, k, v, scale):  # sdpa_attention_forward in decode: repeat
 
 
 def op_rows(device: str, dtype: torch.dtype):
-    """(name, slipstream implementation, dispatcher op, eager) closures for one decode step's ops."""
-    hidden, heads, kv_heads, d, inter, cached = 2048, 16, 8, 128, 6144, 256
+    """(name, slipstream implementation, dispatcher op, eager) closures for one decode step's ops (small shapes on
+    CPU, where the interpreter only checks the script)."""
+    hidden, heads, kv_heads, d, inter, cached = (2048, 16, 8, 128, 6144, 256) if device == "cuda" else \
+        (128, 4, 2, 32, 256, 16)
     opt = dict(device=device, dtype=dtype)
     x, w = torch.randn(1, 1, hidden, **opt), torch.randn(hidden, **opt)
     q, k = torch.randn(1, heads, 1, d, **opt), torch.randn(1, kv_heads, 1, d, **opt)
