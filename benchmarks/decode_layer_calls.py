@@ -32,7 +32,7 @@ import transformers
 import slipstream
 from slipstream.frontend import qwen3_tts
 from slipstream.frontend.layer_cache import substitute
-from tts_generate import request
+from tts_generate import fixed_length_config, request
 
 ROUNDS = 5  # alternating rounds of calls per row; each row reports its best round
 LAYERS = ("talker.model.layers.0", "talker.code_predictor.model.layers.0")
@@ -138,7 +138,7 @@ def main() -> None:
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    cfg = qwen3_tts.config(args.shape)
+    cfg = fixed_length_config(args.shape)
     reference = qwen3_tts.build(cfg, dtype=dtype, device=args.device)
     model = slipstream.optimize(qwen3_tts.build(cfg, dtype=dtype, device=args.device))
     req = request(args.shape, args.device)

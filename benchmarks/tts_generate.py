@@ -35,6 +35,15 @@ def request(shape: str, device: str) -> dict:
     return dict(input_ids=[ids.to(device)], instruct_ids=[instruct.to(device)], languages=["english"])
 
 
+def fixed_length_config(shape: str):
+    """The model config; for the released shape with random weights, an end-of-codes id no step can produce, so
+    every run generates all its frames (the tiny config's already cannot stop early)."""
+    cfg = qwen3_tts.config(shape)
+    if shape == "1.7b":
+        cfg.talker_config.codec_eos_token_id = cfg.talker_config.vocab_size
+    return cfg
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=("tiny", "1.7b"), default="tiny")
@@ -51,9 +60,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
 
-    cfg = qwen3_tts.config(args.shape)
-    if args.shape == "1.7b":
-        cfg.talker_config.codec_eos_token_id = cfg.talker_config.vocab_size  # fixed length: no early stop
+    cfg = fixed_length_config(args.shape)
     reference = qwen3_tts.build(cfg, dtype=dtype, device=args.device)
     model = slipstream.optimize(qwen3_tts.build(cfg, dtype=dtype, device=args.device))
     req = request(args.shape, args.device)

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch.fx import Graph, Node
 
+from ..frontend.capture import input_source
+
 _DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64",
            torch.int64: "i64", torch.int32: "i32", torch.int8: "i8", torch.uint8: "u8", torch.bool: "bool"}
 _SYMBOL = re.compile(r"\b[su]\d+\b")
@@ -25,10 +27,8 @@ _ATTR = re.compile(r"\._(?:modules|parameters|buffers)\['([^']+)'\]")
 
 def input_name(node: Node) -> str:
     """A graph input's name from what dynamo says it is: `L['args'][0]._modules['mlp']._parameters['w']` -> `mlp.w`."""
-    arg = node.meta.get("grapharg")
-    source = getattr(getattr(arg, "source", None), "name", None)
-    source = source() if callable(source) else source
-    if not isinstance(source, str):
+    source = input_source(node)
+    if source is None:
         return node.name
     text = _SELF.sub("self", source)
     text = _ARG.sub(lambda m: f"arg{m.group(1)}", text)

@@ -58,6 +58,14 @@ def annotate(gm: GraphModule, unit_path: str, roots: dict[str, str] | None = Non
         node.meta["slipstream_unit"] = unit_path
 
 
+def input_source(node) -> str | None:
+    """Dynamo's text for where a graph input comes from (`L['self']._modules['mlp']._parameters['w']`), or None.
+    `Source.name` is a method in torch 2.9 and a property in newer releases: read both."""
+    name = getattr(getattr(node.meta.get("grapharg"), "source", None), "name", None)
+    name = name() if callable(name) else name
+    return name if isinstance(name, str) else None
+
+
 _ATTR = re.compile(r"\._(?:modules|parameters|buffers)\[['\"]([^'\"]+)['\"]\]|\.(\w+)")
 
 
@@ -73,8 +81,8 @@ def local_module_paths(gm: GraphModule, example_inputs: list, unit: nn.Module | 
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     roots: dict[str, str] = {}
     for node, value in zip(placeholders, example_inputs):
-        source = getattr(getattr(node.meta.get("grapharg"), "source", None), "name", "")
-        root = _ROOT.match(source) if isinstance(source, str) else None
+        source = input_source(node)
+        root = _ROOT.match(source) if source else None
         if root is None or id(value) not in names:
             continue
         key = root.group(0).removesuffix(".__self__")

@@ -64,3 +64,22 @@ def test_sites_below_a_graph_break_keep_their_module_paths():
     expected = [f"layers.{i}.{site}" for i in range(2) for site in ("block.after", "block.norm", "out")]
     assert report.passes["fuse-rms-norm"].fused_paths() == expected
     assert report.fused("fuse-rms-norm") == 6
+
+
+def test_input_source_reads_the_name_as_a_property_or_a_method():
+    """torch 2.9's dynamo has `Source.name()` a method; newer releases a property. Paths below graph breaks and the
+    diff's input names depend on reading both (on 2.9 the test above failed when only the property was read)."""
+    from types import SimpleNamespace
+
+    from slipstream.frontend.capture import input_source
+
+    text = "L['self']._modules['norm']._parameters['weight']"
+
+    class MethodSource:
+        def name(self):
+            return text
+
+    for source in (SimpleNamespace(name=text), MethodSource()):
+        node = SimpleNamespace(meta={"grapharg": SimpleNamespace(source=source)})
+        assert input_source(node) == text
+    assert input_source(SimpleNamespace(meta={})) is None
