@@ -8,14 +8,15 @@ reset after each call, so every call sees the same cache length):
 - eager: the unoptimized model's layer;
 - slipstream: the optimized model's layer (our dispatcher, dynamo's guards and transformed code, the rewritten
   graph);
-- its stages on their own: the guard check that finds the captured variant, the variant's transformed code
-  (with the graph), and the rewritten graph on the inputs dynamo hands it (the fused ops, no per-call wrapper);
+- its stages on their own: the guard check that finds the captured variant, that check followed by the
+  variant's transformed code (a direct call without the dispatcher), the transformed code (with the graph), and
+  the rewritten graph on the inputs dynamo hands it (the fused ops, no per-call wrapper);
 - on CUDA, each of eager and the rewritten graph captured once in a CUDA graph and replayed: the host cost a
   decode without per-call launches would have.
 Host: microseconds until the call returns; wall: until the device is done (the 10th percentile of many calls,
-the steadiest figure on a shared machine; rows alternate
-in 5 rounds, best round shown). The question it answers: is per-layer CUDA-graph replay worth its
-design (static KV cache, static input buffers), i.e. would it lift issue 7's ratio towards 1.5x?
+the steadiest figure on a shared machine; rows alternate in 5 rounds, best round shown). The question it
+answers: is per-layer CUDA-graph replay worth its design (static KV cache, static input buffers), i.e. would it
+lift issue 7's ratio towards 1.5x?
 
     python benchmarks/decode_layer_calls.py                                # tiny model, CPU (no graph rows)
     python benchmarks/decode_layer_calls.py --shape 1.7b --device cuda     # released 1.7B shapes, bf16
@@ -93,7 +94,8 @@ def per_call(fn: Callable[[], object], reset: Callable[[], None], device: str, c
 
 def call_parts(layer: torch.nn.Module, index: int, args: tuple, kwargs: dict) -> dict[str, Callable[[], object]]:
     """The stages of a slipstream layer call as separate callables: DirectEntries' guard check that finds the
-    captured variant, the variant's transformed code (with the graph), and the rewritten graph alone (on the
+    captured variant, that check followed by the variant's transformed code (what a direct call runs, without
+    the dispatcher around it), the transformed code (with the graph), and the rewritten graph alone (on the
     inputs the transformed code gives it)."""
     shared = layer.forward.slipstream_entries()[0]
     args2, kwargs2, _ = substitute(args, kwargs, index, True)
@@ -109,6 +111,8 @@ def call_parts(layer: torch.nn.Module, index: int, args: tuple, kwargs: dict) ->
     finally:
         runner.__globals__[name] = graph
     return {"guard check (finds the variant)": lambda: shared._find((layer, *args2), kwargs2),
+            "guard check, then transformed code": lambda: shared._find((layer, *args2), kwargs2)(
+                layer, *args2, **kwargs2),
             "transformed code + graph": lambda: runner(layer, *args2, **kwargs2),
             "slipstream graph only": lambda: graph(*seen[0])}
 
@@ -170,7 +174,8 @@ def main() -> None:
                     times[name].append(per_call(fn, undo, args.device, args.calls // ROUNDS))
             best = {name: (min(h for h, _ in t), min(w for _, w in t)) for name, t in times.items()}
             for name, (host, wall) in best.items():
-                whole = "" if name.startswith("guard") else f"  ({best['eager'][1] / wall:.2f}x eager's wall)"
+                whole = "" if name == "guard check (finds the variant)" else \
+                    f"  ({best['eager'][1] / wall:.2f}x eager's wall)"
                 print(f"  {name:<38} host {host:8.1f}  wall {wall:8.1f}{whole}", flush=True)
 
 
