@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels import eager_rms_norm, eager_rope
 from slipstream.kernels import dispatch
 from slipstream.kernels.quant_formats import QuantSpec, quantize
 from slipstream.kernels.registry import IMPLEMENTATIONS
@@ -43,38 +44,27 @@ def _noop_24(X, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15
     pass
 
 
-def per_call(fn: Callable[[], object], calls: int, rounds: int, device: str) -> tuple[float, float]:
-    """(host, wall) microseconds per call: medians over rounds of `calls` back-to-back calls."""
+def host_and_wall(fn: Callable[[], object], calls: int, warmup: int, device: str = "cuda") -> tuple[float, float]:
+    """Seconds per call of `calls` back-to-back calls (after `warmup` untimed ones): until the last call returns
+    (host), and until the device is done (wall)."""
     def sync():
         if device == "cuda":
             torch.cuda.synchronize()
-    fn()
+    for _ in range(warmup):
+        fn()
     sync()
-    hosts, walls = [], []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        hosts.append(time.perf_counter() - start)
-        sync()
-        walls.append(time.perf_counter() - start)
-    return statistics.median(hosts) / calls * 1e6, statistics.median(walls) / calls * 1e6
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - start) / calls
+    sync()
+    return host, (time.perf_counter() - start) / calls
 
 
-def eager_rms_norm(x, w, eps=1e-6):  # Hugging Face's Qwen3RMSNorm.forward
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return w * h.to(x.dtype)
-
-
-def rotate_half(x):
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def eager_rope(q, k, cos, sin):  # apply_rotary_pos_emb
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+def per_call(fn: Callable[[], object], calls: int, rounds: int, device: str) -> tuple[float, float]:
+    """(host, wall) microseconds per call: medians over rounds of `calls` back-to-back calls."""
+    hosts, walls = zip(*(host_and_wall(fn, calls, 1 if i == 0 else 0, device) for i in range(rounds)))
+    return statistics.median(hosts) * 1e6, statistics.median(walls) * 1e6
 
 
 def eager_attention(q, k, v, scale):  # sdpa_attention_forward in decode: repeat_kv, then sdpa without a mask

@@ -10,29 +10,16 @@ from __future__ import annotations
 
 import cProfile
 import pstats
-import time
 import traceback
 import warnings
 
 import torch
 import torch.nn.functional as F
 
+from launch_overhead import host_and_wall
 from slipstream.kernels.lora_linear import lora_linear_op
 from slipstream.kernels.quant_formats import QuantSpec, quantize
 from slipstream.kernels.registry import grad_function
-
-
-def host_and_wall(fn, reps: int, warmup: int) -> tuple[float, float]:
-    """Seconds per call: until the last call returns (host), and until the GPU is done (wall)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    host = (time.perf_counter() - start) / reps
-    torch.cuda.synchronize()
-    return host, (time.perf_counter() - start) / reps
 
 
 def main(tokens: int = 4096, k: int = 4096, n: int = 4096, r: int = 16) -> None:
