@@ -177,15 +177,9 @@ def closest_rule(anchor: Node, rules: list[Rule]) -> str:
 
     def rank(miss):  # the furthest in; of those, one on the anchor's own path (found the anchor or a node from it)
         return miss.progress, _reads(miss.node, anchor), not miss.commuted
-    best, best_rank = None, None
-    for root in roots:
-        for rule in rules:
-            miss = near_miss(rule.pattern, root, rank)
-            if miss is None or miss.progress == 0:
-                continue
-            miss_rank = rank(miss)
-            if best is None or miss_rank > best_rank:
-                best, best_rank = (miss, rule, root), miss_rank
+    misses = ((miss, rule, root) for root in roots for rule in rules
+              if (miss := near_miss(rule.pattern, root, rank)) is not None and miss.progress > 0)
+    best = max(misses, key=lambda found: rank(found[0]), default=None)  # of equals, the first root and rule
     if best is None:
         return ""
     miss, rule, root = best

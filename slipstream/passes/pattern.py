@@ -116,12 +116,7 @@ def near_miss(pattern: Pattern, root: Node,
     try:
         if _match(pattern, root, ({}, (), frozenset())) is not None:
             return None
-        best, best_rank = None, None
-        for miss in _misses:
-            miss_rank = rank(miss)
-            if best is None or miss_rank >= best_rank:
-                best, best_rank = miss, miss_rank
-        return best
+        return max(reversed(_misses), key=rank, default=None)  # max keeps the first of equals: the last met
     finally:
         _misses = None
 
