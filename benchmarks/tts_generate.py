@@ -11,12 +11,17 @@ frontend/direct_call.py; that row also pays a dynamo config patch per call, ~5-1
 `--repeats`), the real-time factor (frames/s over 12.5, the codec's frame rate: > 1 is faster than real time), two
 ratios (of the best times, and "paired": the median over repeats of each repeat's own ratio, which only compares
 runs made back to back; on a shared 2-core VM single runs vary by +-15 %), and checks all produced identical
-frames.
+frames. A last line per row compares single frames: each run's median frame time (the interval between two of the
+talker's decode steps: its forward, the nested code-predictor generate, the sampling), the ratio of the medians
+per repeat, and the median and range of those ratios over repeats. A median frame ignores the bursts (a page
+fault storm, another process) that land in some frames of a run and move its total; the range says how far
+apart repeats still are.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 import transformers
@@ -56,6 +61,8 @@ def main() -> None:
                         help="then profile one 20-frame run of each model and print the N functions with the most "
                              "own time: where the host time goes")
     args = parser.parse_args()
+    if args.frames < 3:
+        parser.error("--frames must be at least 3 (per-frame times start at the second decode step)")
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
@@ -68,13 +75,14 @@ def main() -> None:
         qwen3_tts.timed_greedy(m, req, 3)
 
     names = ("reference", "slipstream", "via torch.compile")
-    times, outputs = {name: [] for name in names}, {}
+    times, frame_medians, outputs = {name: [] for name in names}, {name: [] for name in names}, {}
     for _ in range(args.repeats):
         for name in names:
             m = reference if name == "reference" else model
             direct_call.ENABLED = name == "slipstream"  # the third: every unit call through torch.compile's wrapper
-            outputs[name], seconds = qwen3_tts.timed_greedy(m, req, args.frames)
+            outputs[name], seconds, frame_seconds = timed_frames(m, req, args.frames)
             times[name].append(seconds)
+            frame_medians[name].append(statistics.median(frame_seconds))
     direct_call.ENABLED = True
     best = {name: min(t) for name, t in times.items()}
     # each repeat runs the rows back to back: its ratios see the same machine state, so their median is robust to
@@ -89,6 +97,11 @@ def main() -> None:
     for name in names:
         print(f"  {name:<17} {fps[name]:8.2f} frames/s  RTF {fps[name] / FRAME_RATE:6.2f}x real time  "
               f"({best[name]:.3f} s)  ratio {fps[name] / fps['reference']:.3f}  paired {paired[name]:.3f}")
+    print("  per frame (median frame time of each run; ratio of the medians, median over repeats [range]):")
+    for name in names:
+        ratios = [r / t for r, t in zip(frame_medians["reference"], frame_medians[name])]
+        print(f"  {name:<17} {statistics.median(frame_medians[name]) * 1e3:8.3f} ms  ratio "
+              f"{statistics.median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}]")
     same = [torch.equal(outputs[n], outputs["reference"]) for n in names]
     diverged = "" if all(same) else f" (slipstream's first differing frame: {first_difference(outputs)})"
     print(f"  identical frames: {all(same)}{diverged}")
@@ -98,6 +111,21 @@ def main() -> None:
     if args.profile:
         for name, m in (("reference", reference), ("slipstream", model)):
             profile(name, lambda m=m: qwen3_tts.timed_greedy(m, req, min(args.frames, 20)), args.profile)
+
+
+def timed_frames(model: torch.nn.Module, req: dict, frames: int) -> tuple[torch.Tensor, float, list[float]]:
+    """`timed_greedy`'s (codes, seconds), plus the seconds of each decode frame: the intervals between the starts
+    of the talker's forward calls (one per frame; the first call, the prefill, and its frame are left out)."""
+    starts: list[float] = []
+    hook = model.talker.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
+    try:
+        codes, seconds = qwen3_tts.timed_greedy(model, req, frames)
+    finally:
+        hook.remove()
+    frame_seconds = [b - a for a, b in zip(starts[1:], starts[2:])]
+    if not frame_seconds:
+        raise ValueError(f"--frames {frames}: per-frame times need at least 3 frames")
+    return codes, seconds, frame_seconds
 
 
 def first_difference(outputs: dict) -> str:

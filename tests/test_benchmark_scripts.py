@@ -51,3 +51,4 @@ def test_tts_generate_runs_on_cpu():
     assert "identical frames: True" in out
     for row in ("reference", "slipstream", "via torch.compile"):
         assert re.search(rf"^  {re.escape(row)} +[\d.]+ frames/s", out, re.M), row
+        assert re.search(rf"^  {re.escape(row)} +[\d.]+ ms  ratio [\d.]+ \[[\d.]+-[\d.]+\]$", out, re.M), row
