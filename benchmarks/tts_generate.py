@@ -87,7 +87,7 @@ def main() -> None:
     best = {name: min(t) for name, t in times.items()}
     # each repeat runs the rows back to back: its ratios see the same machine state, so their median is robust to
     # the drift that moves single runs by +-15 % here
-    paired = {name: statistics.median(r / t for r, t in zip(times["reference"], times[name])) for name in names}
+    paired = {name: statistics.median(repeat_ratios(times, name)) for name in names}
     frames = outputs["slipstream"].shape[0]
     fps = {name: frames / s for name, s in best.items()}
     device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU, 1 thread"
@@ -99,7 +99,7 @@ def main() -> None:
               f"({best[name]:.3f} s)  ratio {fps[name] / fps['reference']:.3f}  paired {paired[name]:.3f}")
     print("  per frame (median frame time of each run; ratio of the medians, median over repeats [range]):")
     for name in names:
-        ratios = [r / t for r, t in zip(frame_medians["reference"], frame_medians[name])]
+        ratios = repeat_ratios(frame_medians, name)
         print(f"  {name:<17} {statistics.median(frame_medians[name]) * 1e3:8.3f} ms  ratio "
               f"{statistics.median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}]")
     same = [torch.equal(outputs[n], outputs["reference"]) for n in names]
@@ -115,17 +115,20 @@ def main() -> None:
 
 def timed_frames(model: torch.nn.Module, req: dict, frames: int) -> tuple[torch.Tensor, float, list[float]]:
     """`timed_greedy`'s (codes, seconds), plus the seconds of each decode frame: the intervals between the starts
-    of the talker's forward calls (one per frame; the first call, the prefill, and its frame are left out)."""
+    of the talker's forward calls (one per frame; the first call, the prefill, and its frame are left out, so
+    `frames` must be at least 3, which main checks)."""
     starts: list[float] = []
     hook = model.talker.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
     try:
         codes, seconds = qwen3_tts.timed_greedy(model, req, frames)
     finally:
         hook.remove()
-    frame_seconds = [b - a for a, b in zip(starts[1:], starts[2:])]
-    if not frame_seconds:
-        raise ValueError(f"--frames {frames}: per-frame times need at least 3 frames")
-    return codes, seconds, frame_seconds
+    return codes, seconds, [b - a for a, b in zip(starts[1:], starts[2:])]
+
+
+def repeat_ratios(seconds: dict[str, list[float]], name: str) -> list[float]:
+    """Per repeat, the reference's time over row `name`'s (> 1: `name` is faster)."""
+    return [r / t for r, t in zip(seconds["reference"], seconds[name])]
 
 
 def first_difference(outputs: dict) -> str:
