@@ -1,8 +1,10 @@
 """GGUF export, proven in llama.cpp: F32/F16 logits of seven tiny families against transformers, a Q4_K_M file
 against transformers on the dequantized weights, a merged LoRA, a checkpoint directory read lazily, and bad input
-(no file left behind)."""
+(no file left behind). The files carry a 1,280-token cut of the Llama 3 tokenizer (small_tokenizer.py), except the
+checkpoint test's, which carries the full one."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -17,33 +19,57 @@ import models
 import slipstream
 from slipstream.backends.gguf.arch import ExportError
 from slipstream.demo import load_tokenizer
+from small_tokenizer import KEEP, VOCAB, small_llama3
 
 import llama_cpp
 import gguf
 
-VOCAB = 128256  # the Llama 3 tokenizer the files carry
 PROMPT = 30
 FAMILY_OVERRIDES = {"gemma2": dict(query_pre_attn_scalar=16), "gemma3": dict(query_pre_attn_scalar=16)}
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
+def tokenizer(tmp_path_factory):
+    return small_llama3(tmp_path_factory.mktemp("small-llama3"))
 
 
-def build(family: str, **overrides):
-    model = models.build(family, vocab_size=VOCAB, **{**FAMILY_OVERRIDES.get(family, {}), **overrides})
+def build(family: str, vocab_size: int = VOCAB, **overrides):
+    model = models.build(family, vocab_size=vocab_size, **{**FAMILY_OVERRIDES.get(family, {}), **overrides})
     return model.eval()
 
 
 def prompt_ids(seed: int = 5) -> list[int]:
     g = torch.Generator().manual_seed(seed)
-    return [1] + torch.randint(1000, 100000, (PROMPT - 1,), generator=g).tolist()
+    return [1] + torch.randint(2, KEEP, (PROMPT - 1,), generator=g).tolist()
+
+
+@contextlib.contextmanager
+def plain_cpu_weights():
+    """llama.cpp repacks quantized weights for the CPU it finds (AMX tiles, interleaved AVX/NEON blocks) unless
+    `use_extra_bufts` is off. Its AMX matmul segfaults on K-quant files on AMX (Sapphire Rapids-class) machines
+    (ggml-org/llama.cpp#20824; seen here with llama-cpp-python 0.3.36), and repacked kernels would tie the
+    oracle's numbers to the machine. `Llama()` takes no such flag, so the default parameters it starts from are
+    wrapped while it loads."""
+    module = llama_cpp.llama_cpp
+    defaults = module.llama_model_default_params
+
+    def without_repacking():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    module.llama_model_default_params = without_repacking
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = defaults
 
 
 def llama_cpp_logits(path: Path, ids: list[int]) -> np.ndarray:
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, type_k=0, type_v=0,
-                          n_threads=1)
+    with plain_cpu_weights():
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, type_k=0, type_v=0,
+                              n_threads=1)
+    assert not llm.model_params.use_extra_bufts
     llm.eval(ids)
     return np.array(llm.scores[:len(ids)], dtype=np.float64)
 
@@ -175,10 +201,12 @@ def test_lora_is_merged(tokenizer, tmp_path):
     assert np.abs(got - hf_logits(base, ids)).max() > 1e-2  # the adapter is in
 
 
-def test_checkpoint_directory_and_cli(tokenizer, tmp_path):
+def test_checkpoint_directory_and_cli(tmp_path):
+    """End to end with the full Llama 3 tokenizer (128,256 tokens, 280k merges) in the file."""
     from slipstream.cli import main
 
-    model = build("qwen2")
+    tokenizer = load_tokenizer()
+    model = build("qwen2", vocab_size=len(tokenizer))
     model.save_pretrained(tmp_path / "ckpt")
     tokenizer.save_pretrained(tmp_path / "ckpt")
     assert main(["export", "gguf", str(tmp_path / "ckpt"), str(tmp_path / "m.gguf"), "--quant", "f32", "--quiet",
