@@ -1,9 +1,10 @@
-"""A 1,280-token cut of the shipped Llama 3 tokenizer, for tests whose subject is not the tokenizer (GGUF logit
-parity per family, rope variants, quantized files): the real pre-tokenizer, decoder, post-processor, special
-tokens and chat template, with the 1,024 lowest-rank byte-level BPE tokens and the merges among them. A model
-over it embeds 1,280 rows instead of 128,256, and its GGUF file carries ~1k merges instead of 280k, which makes
-an export plus a llama.cpp load several times cheaper. The full tokenizer stays covered by test_tokenizer*.py,
-test_writer.py and test_export.py's checkpoint test."""
+"""Small cuts of the shipped byte-level BPE tokenizers (Llama 3, Qwen2), for tests whose subject is not the size of
+the vocabulary (GGUF logit parity per family, rope variants, quantized files, tokenizer-file variants): the real
+pre-tokenizer, decoder, post-processor, special tokens and chat template, with the `keep` lowest-rank BPE tokens
+and the merges among them, the special tokens renumbered to follow them. A model over the Llama 3 cut embeds 1,280
+rows instead of 128,256 and its GGUF file carries ~1k merges instead of 280k, which makes an export plus a
+llama.cpp load several times cheaper. The full tokenizers stay covered by test_tokenizer.py, test_writer.py,
+test_tokenizer_files.py's shipped-tokenizer test and test_export.py's checkpoint test."""
 from __future__ import annotations
 
 import gzip
@@ -13,32 +14,49 @@ from pathlib import Path
 
 from slipstream.demo import TOKENIZER_DIR
 
-KEEP = 1024            # byte-level BPE ranks kept: 0..1023 (a tiktoken-style vocab: every token's parts rank lower)
-FIRST_SPECIAL = 128000  # Llama 3's 256 special tokens follow its BPE ranks; here they follow KEEP
-VOCAB = KEEP + 256
+KEEP = 1024    # BPE ranks kept (a tiktoken-style vocabulary: every token's parts rank lower than it)
+VOCAB = KEEP + 256  # the Llama 3 cut: its 256 special tokens follow the kept ranks
 
 
-def _special(old_id: int) -> int:
-    return KEEP + old_id - FIRST_SPECIAL
+def _read_json(folder: Path, name: str) -> dict:
+    packed = folder / f"{name}.gz"
+    if packed.exists():
+        with gzip.open(packed, "rt", encoding="utf-8") as f:
+            return json.load(f)
+    return json.loads((folder / name).read_text(encoding="utf-8"))
+
+
+def cut_tokenizer(src: Path, dst: Path, keep: int = KEEP) -> Path:
+    """Write to `dst` the tokenizer folder `src` (tokenizer.json possibly gzipped) cut to its `keep` lowest BPE
+    ranks, added tokens renumbered from `keep` on in their order; returns dst."""
+    tj = _read_json(src, "tokenizer.json")
+    model = tj["model"]
+    model["vocab"] = {t: i for t, i in model["vocab"].items() if i < keep}
+    assert sorted(model["vocab"].values()) == list(range(keep))
+    vocab = model["vocab"]
+    model["merges"] = [m for m in model["merges"] if m[0] in vocab and m[1] in vocab and m[0] + m[1] in vocab]
+    renumber = {t["id"]: keep + n for n, t in enumerate(tj["added_tokens"])}
+    assert min(renumber) >= keep, "added tokens among the kept BPE ranks are not supported by the cut"
+    for token in tj["added_tokens"]:
+        token["id"] = renumber[token["id"]]
+    processors = [tj.get("post_processor") or {}]
+    processors += processors[0].get("processors", [])
+    for processor in processors:
+        for entry in processor.get("special_tokens", {}).values():
+            entry["ids"] = [renumber[i] for i in entry["ids"]]
+    config = _read_json(src, "tokenizer_config.json")
+    if "added_tokens_decoder" in config:
+        config["added_tokens_decoder"] = {str(renumber[int(i)]): t for i, t in config["added_tokens_decoder"].items()}
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
+    (dst / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+    for extra in src.iterdir():
+        if extra.name not in ("tokenizer.json", "tokenizer.json.gz", "tokenizer_config.json"):
+            shutil.copy(extra, dst / extra.name)
+    return dst
 
 
 def small_llama3(directory: Path):
-    """The cut tokenizer, its files written to `directory` (from_pretrained reads them back)."""
+    """The Llama 3 cut (VOCAB tokens) as a transformers tokenizer, its files written to `directory`."""
     from transformers import AutoTokenizer
-    with gzip.open(TOKENIZER_DIR / "tokenizer.json.gz", "rt", encoding="utf-8") as f:
-        tj = json.load(f)
-    model = tj["model"]
-    model["vocab"] = {t: i for t, i in model["vocab"].items() if i < KEEP}
-    assert sorted(model["vocab"].values()) == list(range(KEEP))
-    model["merges"] = [m for m in model["merges"]
-                       if m[0] in model["vocab"] and m[1] in model["vocab"] and m[0] + m[1] in model["vocab"]]
-    assert [t["id"] for t in tj["added_tokens"]] == list(range(FIRST_SPECIAL, FIRST_SPECIAL + 256))
-    for token in tj["added_tokens"]:
-        token["id"] = _special(token["id"])
-    for entry in tj["post_processor"]["special_tokens"].values():
-        entry["ids"] = [_special(i) for i in entry["ids"]]
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
-    for name in ("tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(TOKENIZER_DIR / name, directory / name)
-    return AutoTokenizer.from_pretrained(directory)
+    return AutoTokenizer.from_pretrained(cut_tokenizer(TOKENIZER_DIR, directory))

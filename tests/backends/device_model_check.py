@@ -105,6 +105,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--families", nargs="+", default=list(SPINE_FAMILIES + UNNAMED_FAMILIES))
+    parser.add_argument("--qlora-families", nargs="+", default=["llama", "qwen3"])
     args = parser.parse_args()
     if args.device == "cuda":
         if not torch.cuda.is_available():
@@ -119,7 +120,7 @@ def main() -> int:
             except Exception:  # one family's failure must not hide the others' results
                 print(f"ERR {family:<8} {str(dtype):<15}\n{traceback.format_exc(limit=-4)}", flush=True)
                 results.append(False)
-    for family in ("llama", "qwen3"):
+    for family in args.qlora_families:
         for dtype in (torch.float32, torch.bfloat16):
             try:
                 results.append(check_qlora(family, dtype, args.device))
