@@ -18,7 +18,7 @@ def run_script(name: str, *args: str, **env: str) -> str:
     environment = {**os.environ, **env}
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environment.get("PYTHONPATH")]))
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True,
-                            text=True, env=environment, timeout=900)
+                            text=True, env=environment, timeout=1500)
     assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 

@@ -24,7 +24,7 @@ from golden import GOLDEN  # noqa: E402
 def slipstream_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "slipstream", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
+                          cwd=cwd, timeout=1500)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_optimize_saves_a_model_transformers_loads_and_dumps_a_repro(checkpoint,
     assert "<table class=\"region\">" in (dump / "report.html").read_text()
 
     rerun = subprocess.run([sys.executable, str(dump / "repro.py")], capture_output=True, text=True, cwd=tmp_path,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=1500)
     assert rerun.returncode == 0, rerun.stderr
     assert rerun.stdout.startswith(f"slipstream 0.1.0 · pipeline: {PRESETS['default']}\n")
     assert "@@ weight-times-cast at model.layers.0.input_layernorm: %7 -> %61" in rerun.stdout

@@ -15,7 +15,7 @@ SCRIPT = Path(__file__).with_name("device_model_check.py")
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SLIPSTREAM_TRITON_ON_CPU")}
     return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=1500)
 
 
 def test_device_model_check_runs_on_cpu():

@@ -43,7 +43,7 @@ def test_tts_dump_after_generate_has_the_decisions_and_its_repro_reruns(tmp_path
     assert "<td>fold-mrope</td><td>plain RoPE</td><td>mRoPE axes equal</td><td>2</td>" in decisions
 
     rerun = subprocess.run([sys.executable, str(out / "repro.py")], capture_output=True, text=True, cwd=tmp_path,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=1500)
     assert rerun.returncode == 0, rerun.stderr
     assert rerun.stdout.startswith(f"slipstream {slipstream.__version__} · pipeline: ")
     assert "=== graph 0: talker.model.layers.0" in rerun.stdout and "--- fold-mrope: 2 rewrite(s)" in rerun.stdout

@@ -25,7 +25,7 @@ def _chromium() -> str:
 def _run_chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
     command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                f"--user-data-dir={tmp_path / 'profile'}", *args]
-    return subprocess.run(command, capture_output=True, timeout=120, cwd=tmp_path)
+    return subprocess.run(command, capture_output=True, timeout=600, cwd=tmp_path)
 
 
 @pytest.fixture(scope="module")

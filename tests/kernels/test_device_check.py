@@ -17,7 +17,7 @@ def _run(device: str, interpret: bool) -> subprocess.CompletedProcess:
     if interpret:
         env["TRITON_INTERPRET"] = "1"
     return subprocess.run([sys.executable, str(SCRIPT), "--device", device], env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=1500)
 
 
 def test_device_check_runs_under_the_interpreter():
