@@ -173,7 +173,7 @@ def run_vllm(python: Path, jobs: list[dict], out: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTHONPATH")}
     with open(out / "serve.log", "w") as log:
         proc = subprocess.run([str(python), str(SERVE), str(out / "jobs.json"), str(out / "served.json")],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, timeout=1800)
+                              stdout=log, stderr=subprocess.STDOUT, env=env, timeout=2400)
     served = json.loads((out / "served.json").read_text()) if (out / "served.json").exists() else {}
     if proc.returncode != 0:
         tail = (out / "serve.log").read_text()[-3000:]
