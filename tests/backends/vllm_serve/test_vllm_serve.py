@@ -35,9 +35,7 @@ from vllm_reference import checkpoint_weights, logprobs_of
 from tokenizer_files import unpack
 from vllm_venv import vllm_python
 
-# One worker runs them all: the first to reach the session fixture exports and serves everything while any other
-# worker holding one of these tests would sit on its lock (minutes on a 2-core machine); --dist loadgroup (pyproject)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vllm-serve")]
+pytestmark = pytest.mark.slow  # tests/conftest.py collects these first (one worker serves while the other works)
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVE = Path(__file__).with_name("serve.py")
