@@ -7,52 +7,43 @@ llama.cpp load several times cheaper. The full tokenizers stay covered by test_t
 test_tokenizer_files.py's shipped-tokenizer test and test_export.py's checkpoint test."""
 from __future__ import annotations
 
-import gzip
-import json
-import shutil
 from pathlib import Path
 
 from slipstream.demo import TOKENIZER_DIR
+from tokenizer_files import edit_json, unpack
 
 KEEP = 1024    # BPE ranks kept (a tiktoken-style vocabulary: every token's parts rank lower than it)
 VOCAB = KEEP + 256  # the Llama 3 cut: its 256 special tokens follow the kept ranks
 
 
-def _read_json(folder: Path, name: str) -> dict:
-    packed = folder / f"{name}.gz"
-    if packed.exists():
-        with gzip.open(packed, "rt", encoding="utf-8") as f:
-            return json.load(f)
-    return json.loads((folder / name).read_text(encoding="utf-8"))
-
-
 def cut_tokenizer(src: Path, dst: Path, keep: int = KEEP) -> Path:
-    """Write to `dst` the tokenizer folder `src` (tokenizer.json possibly gzipped) cut to its `keep` lowest BPE
+    """Write to `dst` the tokenizer folder `src` (its large files possibly gzipped) cut to its `keep` lowest BPE
     ranks, added tokens renumbered from `keep` on in their order; returns dst."""
-    tj = _read_json(src, "tokenizer.json")
-    model = tj["model"]
-    model["vocab"] = {t: i for t, i in model["vocab"].items() if i < keep}
-    assert sorted(model["vocab"].values()) == list(range(keep))
-    vocab = model["vocab"]
-    model["merges"] = [m for m in model["merges"] if m[0] in vocab and m[1] in vocab and m[0] + m[1] in vocab]
-    renumber = {t["id"]: keep + n for n, t in enumerate(tj["added_tokens"])}
-    assert min(renumber) >= keep, "added tokens among the kept BPE ranks are not supported by the cut"
-    for token in tj["added_tokens"]:
-        token["id"] = renumber[token["id"]]
-    processors = [tj.get("post_processor") or {}]
-    processors += processors[0].get("processors", [])
-    for processor in processors:
-        for entry in processor.get("special_tokens", {}).values():
-            entry["ids"] = [renumber[i] for i in entry["ids"]]
-    config = _read_json(src, "tokenizer_config.json")
-    if "added_tokens_decoder" in config:
-        config["added_tokens_decoder"] = {str(renumber[int(i)]): t for i, t in config["added_tokens_decoder"].items()}
-    dst.mkdir(parents=True, exist_ok=True)
-    (dst / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
-    (dst / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
-    for extra in src.iterdir():
-        if extra.name not in ("tokenizer.json", "tokenizer.json.gz", "tokenizer_config.json"):
-            shutil.copy(extra, dst / extra.name)
+    unpack(src, dst)
+    renumber = {}
+
+    def cut(tj: dict) -> None:
+        model = tj["model"]
+        vocab = model["vocab"] = {t: i for t, i in model["vocab"].items() if i < keep}
+        assert sorted(vocab.values()) == list(range(keep))
+        model["merges"] = [m for m in model["merges"] if m[0] in vocab and m[1] in vocab and m[0] + m[1] in vocab]
+        renumber.update({t["id"]: keep + n for n, t in enumerate(tj["added_tokens"])})
+        assert min(renumber) >= keep, "added tokens among the kept BPE ranks are not supported by the cut"
+        for token in tj["added_tokens"]:
+            token["id"] = renumber[token["id"]]
+        processors = [tj.get("post_processor") or {}]
+        processors += processors[0].get("processors", [])
+        for processor in processors:
+            for entry in processor.get("special_tokens", {}).values():
+                entry["ids"] = [renumber[i] for i in entry["ids"]]
+
+    def renumber_config(config: dict) -> None:
+        if "added_tokens_decoder" in config:
+            config["added_tokens_decoder"] = {str(renumber[int(i)]): t
+                                              for i, t in config["added_tokens_decoder"].items()}
+
+    edit_json(dst / "tokenizer.json", cut)
+    edit_json(dst / "tokenizer_config.json", renumber_config)
     return dst
 
 

@@ -3,6 +3,7 @@ AutoTokenizer loads: large files are stored gzipped."""
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -17,3 +18,10 @@ def unpack(src: Path, dst: Path) -> Path:
         else:
             shutil.copy(f, dst / f.name)
     return dst
+
+
+def edit_json(path: Path, change) -> None:
+    """Apply `change` (which edits the parsed dict in place) to the JSON file at `path`."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")

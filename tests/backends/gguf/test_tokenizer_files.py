@@ -14,7 +14,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from small_tokenizer import KEEP, cut_tokenizer
-from tokenizer_files import unpack
+from tokenizer_files import edit_json, unpack
 
 from slipstream.backends.gguf.tokenizer import tokenizer_metadata
 from slipstream.backends.gguf.tokenizer_files import open_tokenizer_files
@@ -40,12 +40,6 @@ def _copy(src: Path, dst: Path) -> Path:
     return unpack(src, dst)  # a plain copy (nothing is gzipped in an unpacked folder)
 
 
-def _edit_json(path: Path, change) -> None:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    change(data)
-    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-
-
 def _assert_same_metadata(folder: Path, vocab_size: int | None = None) -> None:
     ours, why = open_tokenizer_files(folder)
     assert ours is not None, why
@@ -62,7 +56,7 @@ def test_shipped_tokenizers_give_autotokenizers_metadata(name, shipped):
 def test_chat_templates_from_every_place_transformers_reads(small, tmp_path):
     folder = _copy(small["qwen2"], tmp_path / "list")
     (folder / "chat_template.jinja").unlink()
-    _edit_json(folder / "tokenizer_config.json", lambda c: c.update(chat_template=[
+    edit_json(folder / "tokenizer_config.json", lambda c: c.update(chat_template=[
         {"name": "default", "template": "{{ messages[0]['content'] }}"}, {"name": "tool_use", "template": "T"}]))
     _assert_same_metadata(folder)
     folder = _copy(small["qwen2"], tmp_path / "dir")                      # chat_template.jinja + extra files
@@ -75,7 +69,7 @@ def test_chat_templates_from_every_place_transformers_reads(small, tmp_path):
 
 def test_special_tokens_map_and_an_eos_adding_post_processor(small, tmp_path):
     folder = _copy(small["llama3"], tmp_path / "eos")
-    _edit_json(folder / "tokenizer_config.json", lambda c: c.pop("pad_token"))
+    edit_json(folder / "tokenizer_config.json", lambda c: c.pop("pad_token"))
     (folder / "special_tokens_map.json").write_text(json.dumps({"pad_token": "<|reserved_special_token_0|>"}))
 
     def add_eos(tj):  # Llama 3's BOS template, now adding EOS too, behind a ByteLevel step (a Sequence)
@@ -85,7 +79,7 @@ def test_special_tokens_map_and_an_eos_adding_post_processor(small, tmp_path):
                                                          "tokens": ["<|end_of_text|>"]}
         tj["post_processor"] = {"type": "Sequence", "processors": [
             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}, template]}
-    _edit_json(folder / "tokenizer.json", add_eos)
+    edit_json(folder / "tokenizer.json", add_eos)
     _assert_same_metadata(folder)
     ours, _ = open_tokenizer_files(folder)
     # Llama 3's first specials, renumbered by the cut: <|begin_of_text|>, <|end_of_text|>, reserved 0
