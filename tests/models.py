@@ -56,10 +56,11 @@ def build(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, **over
 
 
 def expected_sites(model) -> dict[str, int]:
-    """How many RMSNorms, gated-MLP activations and RoPE applications the model has (q and k count apart)."""
+    """How many RMSNorms, gated-MLP activations, RoPE applications (q and k count apart) and attentions the model
+    has."""
     layers = model.config.num_hidden_layers
     norms = sum(1 for m in model.modules() if type(m).__name__.endswith("RMSNorm"))
-    return {"fuse-rms-norm": norms, "fuse-swiglu": layers, "fuse-rope": 2 * layers}
+    return {"fuse-rms-norm": norms, "fuse-swiglu": layers, "fuse-rope": 2 * layers, "fuse-attention": layers}
 
 
 def token_batch(batch: int = 2, seq: int = 12, seed: int = 1) -> torch.Tensor:

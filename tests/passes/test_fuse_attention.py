@@ -1,5 +1,7 @@
-"""fuse-attention: fires on every family (sdpa and eager forms), refuses what it must, agrees with eager;
-the run-time mask classification tells causal / padded / window masks from arbitrary ones, exactly."""
+"""fuse-attention: refuses what it must, agrees with eager, runs the fused kernels in models; the run-time mask
+classification tells causal / padded / window masks from arbitrary ones, exactly. That it fires on every family
+(sdpa and eager forms), exact on CPU through the reference impl, is the fp32 sweep of tests/backends/test_module.py
+(one capture per family serves every pass's count)."""
 from __future__ import annotations
 
 import copy
@@ -18,27 +20,7 @@ from slipstream.kernels.attention_dispatch import classify_mask
 ALL = "fuse-rms-norm, fuse-swiglu, fuse-rope, fuse-attention"
 
 
-@pytest.mark.parametrize("family", models.SPINE_FAMILIES + models.UNNAMED_FAMILIES)
-def test_fires_on_every_family_and_stays_exact_on_cpu(family):
-    model = models.build(family)
-    reference = copy.deepcopy(model)
-    opt = slipstream.optimize(model, pipeline=ALL)
-    report = slipstream.report(opt)
-    assert report.fused("fuse-attention") == model.config.num_hidden_layers, slipstream.explain(opt)
-    assert report.refusals() == []
-    ids = models.token_batch()
-    opt.train(), reference.train()
-    out, want = opt(input_ids=ids, labels=ids), reference(input_ids=ids, labels=ids)
-    out.loss.backward(), want.loss.backward()
-    assert max_rel_error(out.logits, want.logits) <= tolerance(torch.float32).max_rel
-    for p, q in zip(opt.parameters(), reference.parameters()):
-        assert max_rel_error(p.grad, q.grad) <= tolerance(torch.float32).max_rel
-    impls = {impl for _, impl, _ in report.decisions()}
-    assert impls == {"reference"}  # CPU + impl=auto: the original computation, bit-exact
-    assert "> ran reference at" in slipstream.explain(opt)
-
-
-@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "gemma3"])  # gemma3: sliding-window and global layers
 def test_generate_left_padded_batch_identical(family):
     model = models.build(family)
     reference = copy.deepcopy(model)
@@ -162,7 +144,7 @@ def test_mask_classification_is_cached_per_live_mask_object():
     assert classify_mask(mask, False, 4, 4) is not first
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma2", "gemma3", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3"])  # qwen3 and phi3 attend as llama does
 def test_fused_kernels_agree_in_a_model(family):
     """impl=triton with the Triton kernels (interpreter): causal, GQA, soft-cap, sliding window, left padding."""
     from slipstream.kernels import force_triton_on_cpu
