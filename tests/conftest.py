@@ -18,7 +18,19 @@ def pytest_collection_modifyitems(config, items):
     # pytest-xdist worker's opening batch (-n 2: a quarter of the suite), so the serving overlaps the rest of the
     # suite on the other worker, which never waits. (xdist's --dist loadgroup would say this with a mark, but it
     # groups nothing under pytest 9.2, whose node ids no longer live where xdist 3.8 rewrites them.)
-    items.sort(key=lambda item: item.path.parent.name != "vllm_serve")  # stable: the rest keep their order
+    # The other `slow` tests (minutes each) spread evenly over the first 80 % of the rest: xdist hands out
+    # consecutive runs of the collection, so each run carries its share of them and none is left at the end of the
+    # suite with one worker alone on it while the other idles.
+    serving = [item for item in items if item.path.parent.name == "vllm_serve"]
+    slow = [item for item in items if "slow" in item.keywords and item not in serving]
+    rest = [item for item in items if "slow" not in item.keywords]
+    step = max(1, int(0.8 * len(rest)) // max(1, len(slow)))
+    spread = []
+    for index, item in enumerate(rest):
+        if index % step == 0 and slow:
+            spread.append(slow.pop(0))
+        spread.append(item)
+    items[:] = serving + spread + slow
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

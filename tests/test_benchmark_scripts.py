@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from qwen_tts_env import ensure_qwen_tts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +32,7 @@ def test_launch_overhead_runs_under_the_interpreter():
         assert row in out
 
 
+@pytest.mark.slow
 def test_decode_layer_calls_runs_on_cpu():
     ensure_qwen_tts()
     out = run_script("decode_layer_calls.py", "--calls", "10")
@@ -45,6 +48,7 @@ def test_kernels_smoke_runs_under_the_interpreter():
         assert re.search(rf"^{re.escape(op)} +speedup vs eager", out, re.M), op
 
 
+@pytest.mark.slow
 def test_tts_generate_runs_on_cpu():
     ensure_qwen_tts()
     out = run_script("tts_generate.py", "--frames", "3", "--repeats", "1")

@@ -34,6 +34,7 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_optimize_saves_a_model_transformers_loads_and_dumps_a_repro(checkpoint, tmp_path):
     from transformers import AutoModelForCausalLM
     out, dump = tmp_path / "out", tmp_path / "dump"

@@ -23,6 +23,7 @@ def survey():
     ("mixtral", "fuse-rms-norm 5, fuse-swiglu 4, fuse-rope 4, fuse-attention 2",
      ["refused by fuse-attention: 'softmax' node 'routing_weights' fits none of this pass's rules"]),
 ])
+@pytest.mark.slow
 def test_survey_reports_exact_results_and_reasons(survey, family, fused, refused):
     head, *reasons = survey(family).splitlines()
     assert head == f"{family}: logits max rel error 0.0e+00, greedy generate identical; fused: {fused}"

@@ -18,6 +18,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           timeout=1500)
 
 
+@pytest.mark.slow
 def test_device_model_check_runs_on_cpu():
     result = _run("--device", "cpu", "--families", "qwen3", "--qlora-families", "llama")
     assert result.returncode == 0, result.stdout + result.stderr

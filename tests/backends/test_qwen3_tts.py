@@ -55,6 +55,7 @@ def test_generate_identical_with_voice_description_and_language(pair):
     assert {(f"talker.model.layers.{i}.self_attn", *PLAIN) for i in range(2)} <= set(report.decisions("fold-mrope"))
 
 
+@pytest.mark.slow
 def test_generate_identical_for_a_batch_of_two_text_lengths(pair):
     opt, ref = pair
     request = _request([[5, 6, 7, 8, 9, 10, 11, 12, 13], [30, 31, 32]], [[20, 21, 22, 23], [40, 41]],

@@ -19,6 +19,7 @@ from qwen_tts_env import ensure_qwen_tts
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_tts_dump_after_generate_has_the_decisions_and_its_repro_reruns(tmp_path):
     ensure_qwen_tts()
     from slipstream.frontend import qwen3_tts

@@ -130,6 +130,7 @@ def test_rejects_functions_of_other_signatures():
         direct_call.DirectEntries(compiled, lambda x: x)
 
 
+@pytest.mark.slow
 def test_user_torch_compile_around_an_optimized_model():
     ref, opt = _pair()
     ids = models.token_batch()

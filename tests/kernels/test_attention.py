@@ -245,6 +245,7 @@ def test_compile_and_export():
     torch.testing.assert_close(grads(out, [qg, kg, vg], torch.ones_like(out)), expected_grads)
 
 
+@pytest.mark.slow
 def test_attention_kernels_compile_for_cuda(tmp_path):
     """The interpreter is lenient: also compile every tile configuration to sm_90 cubin, within H100 smem."""
     here = Path(__file__).resolve().parent

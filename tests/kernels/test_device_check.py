@@ -20,6 +20,7 @@ def _run(device: str, interpret: bool) -> subprocess.CompletedProcess:
                           text=True, timeout=1500)
 
 
+@pytest.mark.slow
 def test_device_check_runs_under_the_interpreter():
     result = _run("cpu", interpret=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -72,6 +72,7 @@ def test_import_is_lazy_and_stale_kernels_are_caught():
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_cuda(tmp_path):
     """Every kernel configuration the wrappers pick compiles to sm_90 cubin (see cuda_compile_check.py)."""
     env = _env(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")

@@ -229,6 +229,7 @@ sys.exit(1 if too_big else 0)
 """
 
 
+@pytest.mark.slow
 def test_quant_linear_kernels_compile_for_cuda(tmp_path):
     """The interpreter is lenient: also compile the wrappers' tile configs to sm_90 cubin, within H100 smem."""
     here = Path(__file__).resolve().parent

@@ -201,6 +201,7 @@ def test_lora_is_merged(tokenizer, tmp_path):
     assert np.abs(got - hf_logits(base, ids)).max() > 1e-2  # the adapter is in
 
 
+@pytest.mark.slow
 def test_checkpoint_directory_and_cli(tmp_path):
     """End to end with the full Llama 3 tokenizer (128,256 tokens, 280k merges) in the file."""
     from slipstream.cli import main
