@@ -15,9 +15,9 @@ def pytest_collection_modifyitems(config, items):
     # The vLLM-serving tests first. Their session fixture exports every checkpoint and serves them all in one vLLM
     # process, the longest single piece of the suite (tens of minutes on a slow 2-core machine), while a worker
     # holding another of them waits on its lock. First in the collection, all of them land in the first
-    # pytest-xdist worker's opening batch (-n 2: a quarter of the suite), so the serving overlaps the rest of the
-    # suite on the other worker, which never waits. (xdist's --dist loadgroup would say this with a mark, but it
-    # groups nothing under pytest 9.2, whose node ids no longer live where xdist 3.8 rewrites them.)
+    # pytest-xdist worker's opening batch (-n 2: the first eighth of the collection), so the serving overlaps the
+    # rest of the suite on the other worker, which never waits. (xdist's --dist loadgroup would say this with a
+    # mark, but it groups nothing under pytest 9.2, whose node ids no longer live where xdist 3.8 rewrites them.)
     # The other `slow` tests (minutes each) spread evenly over the first 80 % of the rest: xdist hands out
     # consecutive runs of the collection, so each run carries its share of them and none is left at the end of the
     # suite with one worker alone on it while the other idles.
