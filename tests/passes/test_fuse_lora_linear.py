@@ -19,6 +19,13 @@ PASS = "fuse-lora-linear"
 LINEARS_PER_LAYER = 7  # q k v o gate up down
 
 
+def _random_lora_b(model) -> None:
+    """peft starts B at zero; a random B makes the adapters' part of the output visible."""
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.05)
+
+
 def peft_llama(dtype=torch.float32, adapters=("default",), **lora):
     base = models.build("llama", dtype=dtype)
     config = dict(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0) | lora
@@ -26,9 +33,7 @@ def peft_llama(dtype=torch.float32, adapters=("default",), **lora):
     for name in adapters[1:]:
         model.add_adapter(name, peft.LoraConfig(**config))
     torch.manual_seed(3)
-    for n, p in model.named_parameters():
-        if "lora_B" in n:  # peft starts B at zero; a random B makes the adapters' part of the output visible
-            p.data.normal_(0, 0.05)
+    _random_lora_b(model)
     if len(adapters) > 1:
         model.base_model.set_adapter(list(adapters))
     return model
@@ -109,9 +114,7 @@ def test_refuses_dora_and_lora_bias(variant, reason):
     # refusal is per linear.
     torch.manual_seed(0)
     model = peft.get_peft_model(Mlp(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["up", "down"], **variant))
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            p.data.normal_(0, 0.05)
+    _random_lora_b(model)
     x = torch.randn(3, 16)
     opt, ref, report = optimize_with(model, PASS, x)
     assert report.fused(PASS) == 0
@@ -158,9 +161,7 @@ def test_bitsandbytes_4bit_and_8bit_bases_are_read_and_fused():
                 q.weight = bnb.nn.Int8Params(dense.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
             setattr(parent, name, q.to("cpu"))
     ref = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=["q_proj", "down_proj"], lora_dropout=0.0))
-    for n, p in ref.named_parameters():
-        if "lora_B" in n:
-            p.data.normal_(0, 0.05)
+    _random_lora_b(ref)
     ids = models.token_batch()
     with torch.no_grad():
         want = ref(ids).logits
