@@ -5,7 +5,9 @@
 Both timings include one forward pass (optimize() warms up: it captures and rewrites every unit on a sample
 batch; Inductor compiles on its first call). Inductor's caches are disabled so its number is a cold compile.
 Prints each ratio and slipstream's time per layer (flat per-layer cost = linear growth). Also the first
-training step after optimize() (it captures the training variant) next to an eager step, so no capture cost hides.
+training step after optimize() (it captures the training variant) next to an eager step, and a training step at a
+new sequence length (captures start static: a size that changes is captured again, symbolic), so no capture cost
+hides.
 """
 from __future__ import annotations
 
@@ -42,14 +44,16 @@ def main() -> None:
     torch.set_num_threads(1)
     ids = torch.randint(0, 256, (2, 8))
     print(f"torch {torch.__version__}, 1 thread; batch 2 x 8 tokens; times in seconds")
-    print(f"{'layers':>6} {'optimize':>9} {'per layer':>9} {'1st step':>9} {'eager step':>10} {'inductor':>9} "
-          f"{'ratio':>7}")
+    longer = torch.randint(0, 256, (2, 13))
+    print(f"{'layers':>6} {'optimize':>9} {'per layer':>9} {'1st step':>9} {'new length':>10} {'eager step':>10} "
+          f"{'inductor':>9} {'ratio':>7}")
     for layers in args.layers:
         torch._dynamo.reset()
         model = tiny_llama(layers)
         ours = timed(lambda: slipstream.optimize(model, example_inputs={"input_ids": ids}))
         model.train()
         first_step = timed(lambda: model(input_ids=ids, labels=ids).loss.backward())
+        new_length = timed(lambda: model(input_ids=longer, labels=longer).loss.backward())
         slipstream.restore(model)
         eager_step = timed(lambda: model(input_ids=ids, labels=ids).loss.backward())
         inductor = float("nan")
@@ -59,7 +63,8 @@ def main() -> None:
             with torch.no_grad():
                 inductor = timed(lambda: compiled(input_ids=ids))
         ratio = ours / inductor
-        print(f"{layers:>6} {ours:>9.2f} {ours / layers:>9.3f} {first_step:>9.2f} {eager_step:>10.2f} "
+        print(f"{layers:>6} {ours:>9.2f} {ours / layers:>9.3f} {first_step:>9.2f} {new_length:>10.2f} "
+              f"{eager_step:>10.2f} "
               f"{inductor:>9.2f} {ratio:>6.1%}", flush=True)
 
 

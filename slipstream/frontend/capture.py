@@ -5,7 +5,10 @@ graph to run under eager autograd. No Inductor is involved.
 - One compiled entry per *group*: the layers of a stack share one code object, so a graph captured for layer 0
   serves every layer whose guards pass (parameters are graph inputs; the KV cache is handed over as the layer's
   own cache object, see layer_cache.py). Capture cost is per distinct layer structure, not per layer.
-- dynamic=True: one graph serves every batch and sequence length (sizes 0/1 specialise once, e.g. decode).
+- Shapes: the first capture of an entry is static; a dimension seen to change (sequence, batch, cache length) is
+  recaptured dynamic once, and that graph serves every later size (dynamo's automatic dynamic shapes, state kept
+  per entry). Dimensions that never change (hidden size, heads) stay constants: half the tracing cost of
+  `dynamic=True`, which makes every input dimension symbolic.
 - Calls carrying state we cannot hand over per layer (an unknown cache type) use a per-unit entry instead.
 - Hitting dynamo's recompile budget raises instead of silently running unfused code.
 - Calls of a variant already captured skip torch.compile's per-call wrapper (direct_call.py).
@@ -13,6 +16,7 @@ graph to run under eager autograd. No Inductor is involved.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import types
 from typing import Callable
@@ -31,7 +35,10 @@ _DICT_KEY = re.compile(r"(?:\._modules)?\[['\"]([^'\"]+)['\"]\]")
 
 # Scoped to our captures (the user's own torch.compile is untouched): Python floats in a unit (norm eps, scales)
 # become constants guarded on their value instead of 0-d tensor inputs built per call (as_tensor + .item(), ~10 us).
-_CAPTURE_CONFIG = {"specialize_float": True}
+# Static first, then dynamic in the dimensions seen to change (set here so a user's global dynamo config does not
+# turn it off: without automatic dynamic shapes every new sequence length would be a new capture).
+_CAPTURE_CONFIG = {"specialize_float": True, "assume_static_by_default": True, "automatic_dynamic_shapes": True}
+_ENTRY_IDS = itertools.count()
 
 GraphHook = Callable[[str, GraphModule], Callable]  # (unit path, graph) -> the callable that runs it
 
@@ -96,12 +103,14 @@ def local_module_paths(gm: GraphModule, example_inputs: list, unit: nn.Module | 
 
 
 def _compiled_entry(call: Callable, on_graph: GraphHook, units: dict[str, nn.Module] | None = None) -> DirectEntries:
-    """torch.compile over a fresh copy of `entry` (dynamo keeps its cache per code object), called through
+    """torch.compile over a fresh copy of `entry` (dynamo keeps its cache per code object, and its record of which
+    dimensions changed per code name and location: the copy's name is unique, so each entry starts static and one
+    model's sizes never make another model's capture dynamic), called through
     DirectEntries so that calls matching a captured variant skip torch.compile's per-call wrapper. `units`: the
     modules the entry serves, by path (to place graphs of frames below the entry: `local_module_paths`)."""
     def entry(*args, **kwargs):
         return call(*args, **kwargs)
-    code = entry.__code__.replace()
+    code = entry.__code__.replace(co_name=f"slipstream_entry_{next(_ENTRY_IDS)}")
     fresh = types.FunctionType(code, entry.__globals__, "slipstream_entry", entry.__defaults__, entry.__closure__)
 
     def backend(gm: GraphModule, example_inputs):
@@ -109,7 +118,7 @@ def _compiled_entry(call: Callable, on_graph: GraphHook, units: dict[str, nn.Mod
         annotate(gm, unit, local_module_paths(gm, example_inputs, (units or {}).get(unit)))
         return on_graph(unit, gm)
 
-    compiled = torch.compile(fresh, backend=backend, dynamic=True)
+    compiled = torch.compile(fresh, backend=backend, dynamic=None)
 
     def compile_or_run(*args, **kwargs):  # dynamo reads the config when it traces, inside this call
         with torch._dynamo.config.patch(_CAPTURE_CONFIG):

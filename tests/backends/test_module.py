@@ -3,6 +3,7 @@ The fp32 sweep is also fuse-attention's (and the other passes') "fires on every 
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -46,6 +47,15 @@ def test_family_fused_and_exact_fp32(family):
     # the prefill and decode variants captured by generate() fuse the same sites, counted once each
     assert {name: report.fused(name) for name in expected} == expected, slipstream.explain(opt)
     assert report.refusals() == [], slipstream.explain(opt)
+    # and each layer graph on its own, static (the warm-up's) or symbolic in the sizes that changed since: a site
+    # one variant missed cannot hide behind another's count
+    layer = ref.model.layers[0]
+    per_layer = {**{name: n // ref.config.num_hidden_layers for name, n in expected.items()},
+                 "fuse-rms-norm": sum(1 for m in layer.modules() if type(m).__name__.endswith("RMSNorm"))}
+    layer_graphs = [g for g in report.graph_records if re.fullmatch(r"model\.layers\.\d+", g.unit)]
+    assert len(layer_graphs) >= 4  # warm-up, training, prefill, decode
+    for graph in layer_graphs:
+        assert {name: sum(graph.matches.get(name, {}).values()) for name in per_layer} == per_layer, graph.unit
 
 
 # bf16: the families whose numerics differ in kind (Gemma's (1 + w) norms, embedding scale and soft-caps; Phi-3's
@@ -87,6 +97,15 @@ def test_no_recompilation_per_sequence_length():
     for seq in (7, 9, 17, 30):
         opt(models.token_batch(seq=seq))
     assert report.graphs == graphs
+
+
+def test_captures_start_static_and_each_model_keeps_its_own_record_of_changed_sizes():
+    first = slipstream.optimize(models.build("llama", num_hidden_layers=1))
+    first(models.token_batch(seq=5))  # the warm-up's sequence length changed: recaptured with it symbolic
+    assert " : f32[2, s0, 64]" in slipstream.diff(first, times=False)
+    second = slipstream.optimize(models.build("llama", num_hidden_layers=1))  # same layer code, a new model
+    text = slipstream.diff(second, times=False)
+    assert " : f32[2, 8, 64]" in text and not re.search(r"\bs0\b", text)  # static: first's record is not shared
 
 
 def test_train_eval_mode_honoured():

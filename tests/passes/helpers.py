@@ -2,19 +2,25 @@
 from __future__ import annotations
 
 import copy
+from unittest import mock
 
 import torch
 from torch import nn
 
 import slipstream
+from slipstream.frontend import capture
 from slipstream.debug.tolerance import max_rel_error, tolerance
 
 
 def optimize_with(module: nn.Module, pipeline: str, *inputs: torch.Tensor):
-    """(optimized copy, eager copy, report) after one call on `inputs` (which captures the graph)."""
+    """(optimized copy, eager copy, report) after one call on `inputs` (which captures the graph). Captured with
+    every dimension symbolic (dynamo's duck-sized dynamic shapes, as `torch.compile(dynamic=True)` does), so the
+    passes meet size nodes and symbolic arithmetic throughout, the hardest form a graph takes; a model's first
+    capture is static, and the module-backend tests cover that form."""
     reference = copy.deepcopy(module)
     opt = slipstream.optimize(copy.deepcopy(module), pipeline=pipeline, warmup=False)
-    opt(*inputs)
+    with mock.patch.dict(capture._CAPTURE_CONFIG, assume_static_by_default=False):
+        opt(*inputs)
     return opt, reference, slipstream.report(opt)
 
 
