@@ -55,12 +55,16 @@ def build(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, **over
     return model.eval()
 
 
+def rms_norms(module) -> int:
+    """How many RMSNorm modules `module` holds (itself included)."""
+    return sum(1 for m in module.modules() if type(m).__name__.endswith("RMSNorm"))
+
+
 def expected_sites(model) -> dict[str, int]:
     """How many RMSNorms, gated-MLP activations, RoPE applications (q and k count apart) and attentions the model
     has."""
     layers = model.config.num_hidden_layers
-    norms = sum(1 for m in model.modules() if type(m).__name__.endswith("RMSNorm"))
-    return {"fuse-rms-norm": norms, "fuse-swiglu": layers, "fuse-rope": 2 * layers, "fuse-attention": layers}
+    return {"fuse-rms-norm": rms_norms(model), "fuse-swiglu": layers, "fuse-rope": 2 * layers, "fuse-attention": layers}
 
 
 def token_batch(batch: int = 2, seq: int = 12, seed: int = 1) -> torch.Tensor:

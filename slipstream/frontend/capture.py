@@ -7,7 +7,7 @@ graph to run under eager autograd. No Inductor is involved.
   own cache object, see layer_cache.py). Capture cost is per distinct layer structure, not per layer.
 - Shapes: the first capture of an entry is static; a dimension seen to change (sequence, batch, cache length) is
   recaptured dynamic once, and that graph serves every later size (dynamo's automatic dynamic shapes, state kept
-  per entry). Dimensions that never change (hidden size, heads) stay constants: half the tracing cost of
+  per entry). Dimensions that never change (hidden size, heads) stay constants: about half the tracing cost of
   `dynamic=True`, which makes every input dimension symbolic.
 - Calls carrying state we cannot hand over per layer (an unknown cache type) use a per-unit entry instead.
 - Hitting dynamo's recompile budget raises instead of silently running unfused code.

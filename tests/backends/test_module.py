@@ -49,9 +49,8 @@ def test_family_fused_and_exact_fp32(family):
     assert report.refusals() == [], slipstream.explain(opt)
     # and each layer graph on its own, static (the warm-up's) or symbolic in the sizes that changed since: a site
     # one variant missed cannot hide behind another's count
-    layer = ref.model.layers[0]
     per_layer = {**{name: n // ref.config.num_hidden_layers for name, n in expected.items()},
-                 "fuse-rms-norm": sum(1 for m in layer.modules() if type(m).__name__.endswith("RMSNorm"))}
+                 "fuse-rms-norm": models.rms_norms(ref.model.layers[0])}
     layer_graphs = [g for g in report.graph_records if re.fullmatch(r"model\.layers\.\d+", g.unit)]
     assert len(layer_graphs) >= 4  # warm-up, training, prefill, decode
     for graph in layer_graphs:
