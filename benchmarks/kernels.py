@@ -109,18 +109,20 @@ def run_case(name, inputs, ours, eager, fwd_bytes, fwdbwd_bytes, device, reps, c
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU under the Triton interpreter")
-    parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--reps", type=int, default=None,
+                        help="CUDA: do_bench's milliseconds per measurement (default 50, at least 20); --smoke: "
+                             "timed calls per measurement (default 2)")
     args = parser.parse_args()
     if args.smoke:
         if os.environ.get("TRITON_INTERPRET") != "1":
             raise SystemExit("--smoke runs the Triton kernels on CPU: set TRITON_INTERPRET=1")
-        device, size, reps = "cpu", "smoke", 2
+        device, size, reps = "cpu", "smoke", args.reps or 2
         ctx = K.force_triton_on_cpu()
     elif not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU machine, or use --smoke (with TRITON_INTERPRET=1) on CPU")
     else:
         import contextlib
-        device, size, reps, ctx = "cuda", "llm", args.reps, contextlib.nullcontext()
+        device, size, reps, ctx = "cuda", "llm", args.reps or 50, contextlib.nullcontext()
     torch.manual_seed(0)
     ceiling = copy_bandwidth(device, reps)
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (interpreter: timings meaningless)"

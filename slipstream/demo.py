@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from slipstream.gc_pause import gc_paused
+
 TOKENIZER_DIR = Path(__file__).parent / "data" / "tokenizers" / "llama3"
 
 
@@ -39,7 +41,9 @@ def tokenizer_path() -> Path:
 
 def load_tokenizer():
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(tokenizer_path())
+
+    with gc_paused():  # transformers parses the 8 MB tokenizer.json in Python too
+        return AutoTokenizer.from_pretrained(tokenizer_path())
 
 
 def demo_model(layers: int = 2, hidden: int = 64, seed: int = 0, dtype: torch.dtype = torch.float32):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..gc_pause import gc_paused
 from .errors import ExportError
 
 # Buffers HF models carry that are not weights (recomputed by every runtime).
@@ -118,6 +119,7 @@ class CheckpointSource:
         from transformers import AutoTokenizer
 
         try:
-            return AutoTokenizer.from_pretrained(self.path)
+            with gc_paused():  # transformers parses tokenizer.json in Python too
+                return AutoTokenizer.from_pretrained(self.path)
         except Exception as e:
             raise ExportError(f"no usable tokenizer in {self.path} ({e}); pass tokenizer=... to export") from e

@@ -26,6 +26,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from ..context import CURRENT_UNIT
+from ..gc_pause import gc_paused
 from .direct_call import DirectEntries
 from .layer_cache import stack_index_attrs, substitute
 
@@ -121,7 +122,7 @@ def _compiled_entry(call: Callable, on_graph: GraphHook, units: dict[str, nn.Mod
     compiled = torch.compile(fresh, backend=backend, dynamic=None)
 
     def compile_or_run(*args, **kwargs):  # dynamo reads the config when it traces, inside this call
-        with torch._dynamo.config.patch(_CAPTURE_CONFIG):
+        with torch._dynamo.config.patch(_CAPTURE_CONFIG), gc_paused():  # tracing: ~1.3x faster (gc_pause.py)
             return compiled(*args, **kwargs)
     return DirectEntries(compile_or_run, fresh)
 

@@ -106,6 +106,8 @@ def main() -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--families", nargs="+", default=list(SPINE_FAMILIES + UNNAMED_FAMILIES))
     parser.add_argument("--qlora-families", nargs="+", default=["llama", "qwen3"])
+    parser.add_argument("--qlora-dtypes", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"],
+                        help="the QLoRA checks' dtypes (the same steps in each: the CPU smoke run takes one)")
     args = parser.parse_args()
     if args.device == "cuda":
         if not torch.cuda.is_available():
@@ -121,7 +123,7 @@ def main() -> int:
                 print(f"ERR {family:<8} {str(dtype):<15}\n{traceback.format_exc(limit=-4)}", flush=True)
                 results.append(False)
     for family in args.qlora_families:
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in (getattr(torch, name) for name in args.qlora_dtypes):
             try:
                 results.append(check_qlora(family, dtype, args.device))
             except Exception:

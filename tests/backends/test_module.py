@@ -19,6 +19,13 @@ def _optimized_pair(family: str, dtype=torch.float32):
     return slipstream.optimize(model), reference
 
 
+# generate() on the families whose decode step differs in kind: Llama's plain one, Qwen3's and OLMo2's q/k norms,
+# Gemma 2's sliding-window cache layers, soft-caps and (1 + w) norms, Phi-3's fused projections, GLM's interleaved
+# partial rotary. The others decode as one of these does (Gemma 3: Gemma 2's layers with Qwen3's q/k norms), and each
+# generate() costs four or more captures (prefill; decode static, then symbolic in the cache length; per cache type).
+GENERATE_FAMILIES = {"llama", "qwen3", "olmo2", "gemma2", "phi3", "glm"}
+
+
 @pytest.mark.parametrize("family", models.SPINE_FAMILIES + models.UNNAMED_FAMILIES)
 def test_family_fused_and_exact_fp32(family):
     opt, ref = _optimized_pair(family)
@@ -38,21 +45,23 @@ def test_family_fused_and_exact_fp32(family):
     assert {impl for _, impl, _ in report.decisions()} == {"reference"}  # CPU + impl=auto: the original computation
     assert "> ran reference at" in slipstream.explain(opt)
 
-    opt.eval(), ref.eval()
-    prompt = ids[:, :5]
-    greedy = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False)  # min: a random model may hit EOS early
-    got = opt.generate(prompt, **greedy)
-    assert torch.equal(got, ref.generate(prompt, **greedy))
-    assert got.shape[1] == 5 + 16
-    # the prefill and decode variants captured by generate() fuse the same sites, counted once each
-    assert {name: report.fused(name) for name in expected} == expected, slipstream.explain(opt)
-    assert report.refusals() == [], slipstream.explain(opt)
+    generates = family in GENERATE_FAMILIES
+    if generates:
+        opt.eval(), ref.eval()
+        prompt = ids[:, :5]
+        greedy = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False)  # min: a random model may hit EOS early
+        got = opt.generate(prompt, **greedy)
+        assert torch.equal(got, ref.generate(prompt, **greedy))
+        assert got.shape[1] == 5 + 16
+        # the prefill and decode variants captured by generate() fuse the same sites, counted once each
+        assert {name: report.fused(name) for name in expected} == expected, slipstream.explain(opt)
+        assert report.refusals() == [], slipstream.explain(opt)
     # and each layer graph on its own, static (the warm-up's) or symbolic in the sizes that changed since: a site
     # one variant missed cannot hide behind another's count
     per_layer = {**{name: n // ref.config.num_hidden_layers for name, n in expected.items()},
                  "fuse-rms-norm": models.rms_norms(ref.model.layers[0])}
     layer_graphs = [g for g in report.graph_records if re.fullmatch(r"model\.layers\.\d+", g.unit)]
-    assert len(layer_graphs) >= 4  # warm-up, training, prefill, decode
+    assert len(layer_graphs) >= (4 if generates else 2)  # warm-up, training (, prefill, decode)
     for graph in layer_graphs:
         assert {name: sum(graph.matches.get(name, {}).values()) for name in per_layer} == per_layer, graph.unit
 

@@ -11,6 +11,7 @@ import sys
 import torch
 
 _TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+H100_SMEM = 232448  # shared memory one block may use on an H100 (227 KB)
 
 
 def _arg_type(value) -> str:
@@ -51,6 +52,24 @@ class _Recorder:
 
     def record(self, kernel, what: str) -> None:
         self.compiled.append(what)
+
+
+class _SmemRecorder(_Recorder):
+    """Also records each kernel's shared memory."""
+
+    def record(self, kernel, what: str) -> None:
+        self.compiled.append((what, kernel.metadata.shared))
+
+
+def fits_h100(compiled: list, label: str, arch: int) -> int:
+    """Print how many `label` kernels `compiled` ((what, shared bytes) pairs) holds and the largest shared memory;
+    return 1 (after naming them) when any exceeds an H100's, else 0."""
+    print(f"compiled {len(compiled)} {label} kernels for sm_{arch}; largest shared memory "
+          f"{max(s for _, s in compiled)} bytes")
+    too_big = [(what, shared) for what, shared in compiled if shared > H100_SMEM]
+    for what, shared in too_big:
+        print(f"exceeds H100 shared memory ({shared} > {H100_SMEM}): {what}", file=sys.stderr)
+    return 1 if too_big else 0
 
 
 def compile_with(modules, calls, arch: int, recorder=_Recorder) -> list | int:

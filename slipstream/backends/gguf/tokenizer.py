@@ -24,11 +24,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, NamedTuple
 
 from gguf import GGUFValueType, Keys, TokenType
 
 from .sentencepiece_proto import SentencePieceModel, read_sentencepiece_model
+from .tokenizer_files import parse_json
 
 __all__ = ["MetaField", "tokenizer_metadata", "add_to_writer", "as_dict", "bpe_pre_name",
            "SentencePieceModel", "read_sentencepiece_model"]
@@ -205,7 +207,7 @@ def _backend_json(tokenizer) -> dict | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    return json.loads(backend.to_str())
+    return parse_json(backend.to_str())
 
 
 def _sentencepiece_file(tokenizer) -> str | None:
@@ -230,30 +232,18 @@ def _byte_level_bpe(tokenizer, tj: dict, vocab: dict[str, int], vocab_size: int)
         raise ValueError("BPE with dropout is not deterministic; llama.cpp cannot reproduce it")
     pre = bpe_pre_name(tj)
 
-    added = tokenizer.added_tokens_decoder       # id -> AddedToken
-    by_id = {i: t for t, i in vocab.items()}
-    tokens, types = [], []
-    for i in range(vocab_size):
-        if i in added:
-            tokens.append(added[i].content)
-            types.append(int(TokenType.CONTROL if added[i].special else TokenType.USER_DEFINED))
-        elif i in by_id:
-            tokens.append(by_id[i])
-            types.append(int(TokenType.NORMAL))
-        else:
-            tokens.append(f"[PAD{i}]")
-            types.append(int(TokenType.UNUSED))
-
-    merges = []
-    for m in model.get("merges") or []:
-        if isinstance(m, str):
-            merges.append(m)
-        else:
-            left, right = m
-            if " " in left or " " in right:
-                raise ValueError(f"BPE merge {m!r} contains a space, which GGUF's 'left right' merge strings "
-                                 "cannot hold")
-            merges.append(f"{left} {right}")
+    # whole-list operations (map, zip, str.join), not a Python loop per token: 128k tokens and 280k merges
+    by_id = dict(zip(vocab.values(), vocab.keys()))
+    tokens = list(map(by_id.get, range(vocab_size)))
+    types = [int(TokenType.NORMAL)] * vocab_size
+    if None in tokens:                               # ids no token has: the embedding's padding
+        for i in [i for i, t in enumerate(tokens) if t is None]:
+            tokens[i], types[i] = f"[PAD{i}]", int(TokenType.UNUSED)
+    for i, t in tokenizer.added_tokens_decoder.items():  # id -> AddedToken
+        if i < vocab_size:
+            tokens[i] = t.content
+            types[i] = int(TokenType.CONTROL if t.special else TokenType.USER_DEFINED)
+    merges = _merge_strings(model.get("merges") or [])
     if not merges:
         raise ValueError("byte-level BPE tokenizer without merges: llama.cpp needs them")
     return [
@@ -263,6 +253,29 @@ def _byte_level_bpe(tokenizer, tj: dict, vocab: dict[str, int], vocab_size: int)
         MetaField(Keys.Tokenizer.TOKEN_TYPE, types, GGUFValueType.ARRAY),
         MetaField(Keys.Tokenizer.MERGES, merges, GGUFValueType.ARRAY),
     ]
+
+
+def _merge_strings(merges: list) -> list[str]:
+    """GGUF's "left right" merge strings from tokenizer.json's merges: those strings already (older files) or
+    [left, right] pairs, whose tokens must not hold the separating space."""
+    kinds = set(map(type, merges))
+    if kinds <= {str}:
+        return list(merges)
+    if kinds == {list} and set(map(len, merges)) == {2}:
+        joined = list(map(" ".join, merges))
+        if sum(map(str.count, joined, repeat(" "))) == len(joined):  # the separator is each one's only space
+            return joined
+    out = []                                         # mixed forms, or a space in a token: find it
+    for m in merges:
+        if isinstance(m, str):
+            out.append(m)
+            continue
+        left, right = m
+        if " " in left or " " in right:
+            raise ValueError(f"BPE merge {m!r} contains a space, which GGUF's 'left right' merge strings "
+                             "cannot hold")
+        out.append(f"{left} {right}")
+    return out
 
 
 def _sentencepiece(tokenizer, path: str, vocab: dict[str, int], vocab_size: int) -> list[MetaField]:

@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+from slipstream.gc_pause import gc_paused
+
 # tokenizer_class -> the special-token defaults of its __init__ (transformers 4.57)
 _CLASSES = {
     "PreTrainedTokenizerFast": {},
@@ -85,10 +87,16 @@ def open_tokenizer_files(path: str | Path) -> tuple[TokenizerFiles | None, str]:
     return TokenizerFiles(path, tj, added, ids, affixes, _chat_template(path, config)), ""
 
 
+def parse_json(text: str):
+    """json.loads without the garbage collector's rescans (slipstream/gc_pause.py): ~8x faster on a tokenizer.json."""
+    with gc_paused():
+        return json.loads(text)
+
+
 def _json(path: Path):
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return parse_json(path.read_text(encoding="utf-8"))
 
 
 def _content(value) -> str | None:

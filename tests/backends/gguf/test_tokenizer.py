@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 
 import gguf
-from tokenizer_files import unpack
 
 from slipstream.backends.gguf.tokenizer import (
     MetaField, add_to_writer, as_dict, read_sentencepiece_model, tokenizer_metadata)
+from slipstream.backends.gguf.writer import _fast_writer_class
+from slipstream.gc_pause import gc_paused
 
 ROOT = Path(__file__).resolve().parents[3]
 DATA = ROOT / "tests" / "data"
@@ -36,20 +37,6 @@ SEP = "\n__ggml_vocab_test__\n"
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-
-def load_tokenizer(name: str, tmp_dir: Path, ignore_merges: bool | None = None):
-    """Un-gzip a shipped tokenizer into tmp_dir and load it with AutoTokenizer; ignore_merges, when given, is
-    set in tokenizer.json's BPE model first."""
-    from transformers import AutoTokenizer
-
-    src = TOKENIZER_DIRS[name]
-    dst = unpack(src, tmp_dir / f"{name}-{ignore_merges}")
-    if ignore_merges is not None:
-        tj = json.loads((dst / "tokenizer.json").read_text(encoding="utf-8"))
-        tj["model"]["ignore_merges"] = ignore_merges
-        (dst / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
-    return AutoTokenizer.from_pretrained(dst)
-
 
 def vocab_tests(oracle: str) -> list[tuple[str, list[int]]]:
     """llama.cpp's test-tokenizer-0 cases: the .inp text split by the separator (each case is followed by one),
@@ -122,9 +109,10 @@ def oracle_kv(oracle: str) -> dict:
 
 
 def write_vocab_gguf(path: Path, arch: str, fields: list[MetaField]) -> Path:
-    """A vocab-only GGUF: the architecture and our tokenizer keys. llama.cpp loads it with vocab_only=True
-    without any hyperparameter or tensor (llama.cpp's own ggml-vocab files carry hyperparameters, unused)."""
-    w = gguf.GGUFWriter(str(path), arch)
+    """A vocab-only GGUF: the architecture and our tokenizer keys, written by the exporter's writer (the bytes
+    gguf.GGUFWriter writes: test_writer.py). llama.cpp loads it with vocab_only=True without any hyperparameter or
+    tensor (llama.cpp's own ggml-vocab files carry hyperparameters, unused)."""
+    w = _fast_writer_class()(str(path), arch)
     add_to_writer(w, fields)
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -153,12 +141,11 @@ def cpp_tokenize(llm, text: str, add_bos: bool = False) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def tokenizers_(tmp_path_factory):
-    """The oracles' tokenizers. Meta's Llama 3 tokenizer.json has "ignore_merges": true (the .out file was made
-    with it: " Việt" is one token); the copy shipped in slipstream/data lacks the flag, so it is set here (the
-    copy as shipped is test_llama3_without_ignore_merges)."""
-    tmp = tmp_path_factory.mktemp("tok")
-    return {"llama3": load_tokenizer("llama3", tmp, ignore_merges=True), "qwen2": load_tokenizer("qwen2", tmp)}
+def tokenizers_(shipped_tokenizer):
+    """The oracles' tokenizers, as shipped (tests/backends/conftest.py). Meta's Llama 3 tokenizer.json has
+    "ignore_merges": true (the .out file was made with it: " Việt" is one token), and so does the copy shipped in
+    slipstream/data (test_shipped_llama3_is_metas_llama_bpe; without it: test_llama3_without_ignore_merges)."""
+    return {name: shipped_tokenizer(name)[1] for name in ("llama3", "qwen2")}
 
 
 @pytest.fixture(scope="module")
@@ -223,19 +210,22 @@ def test_vocab_size_pads_with_unused_tokens(tokenizers_):
         tokenizer_metadata(tok, vocab_size=1000)
 
 
-def test_shipped_llama3_is_metas_llama_bpe(tmp_path):
+def test_shipped_llama3_is_metas_llama_bpe(metadata):
     """The demo's copy carries Meta's "ignore_merges": true, so the demo model exports as llama-bpe."""
-    tok = load_tokenizer("llama3", tmp_path)
-    assert as_dict(tokenizer_metadata(tok))["tokenizer.ggml.pre"].value == "llama-bpe"
+    assert as_dict(metadata["llama3"])["tokenizer.ggml.pre"].value == "llama-bpe"
 
 
-def test_llama3_without_ignore_merges(tmp_path, open_vocab):
+def test_llama3_without_ignore_merges(shipped_tokenizer, tmp_path, open_vocab):
     """The Llama 3 regex without ignore_merges is llama.cpp's "smaug-bpe" (same regex, merges always applied):
     llama.cpp then tokenizes every test string as transformers does with this tokenizer, including the one where
     that differs from Meta's tokenizer (and the .out file)."""
     import llama_cpp  # noqa: F401  (the llama.cpp oracle must be installed)
-    tok = load_tokenizer("llama3", tmp_path, ignore_merges=False)
-    assert json.loads(tok.backend_tokenizer.to_str())["model"]["ignore_merges"] is False
+    from transformers import AutoTokenizer
+
+    with gc_paused():  # as slipstream.demo.load_tokenizer does
+        tok = AutoTokenizer.from_pretrained(shipped_tokenizer("llama3")[0])  # its own copy: this test changes it
+    tok.backend_tokenizer.model.ignore_merges = False  # before anything is encoded (and cached by the BPE)
+    assert tok.backend_tokenizer.model.ignore_merges is False
     fields = tokenizer_metadata(tok)
     assert as_dict(fields)["tokenizer.ggml.pre"].value == "smaug-bpe"
     llm = open_vocab(write_vocab_gguf(tmp_path / "l3.gguf", "llama", fields))
@@ -476,10 +466,9 @@ def test_sentencepiece_model_in_llama_cpp(tmp_path, open_vocab):
 
 # --------------------------------------------------------------------------------------- the helpers
 
-def test_kv_reader(tmp_path, tokenizers_):
+def test_kv_reader(tmp_path, metadata):
     """The fast GGUF reader above agrees with gguf.GGUFReader (on a small file)."""
-    tok = tokenizers_["qwen2"]
-    fields = tokenizer_metadata(tok)
+    fields = metadata["qwen2"]
     small = [f if f.type != gguf.GGUFValueType.ARRAY else MetaField(f.key, f.value[:50] + f.value[-300:], f.type)
              for f in fields]
     small.append(MetaField("test.scores", [0.5, -1.25], gguf.GGUFValueType.ARRAY))

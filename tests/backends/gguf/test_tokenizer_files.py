@@ -25,12 +25,6 @@ SHIPPED = {"llama3": ROOT / "slipstream" / "data" / "tokenizers" / "llama3", "qw
 
 
 @pytest.fixture(scope="module")
-def shipped(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tokenizers")
-    return {name: unpack(src, base / name) for name, src in SHIPPED.items()}
-
-
-@pytest.fixture(scope="module")
 def small(tmp_path_factory):
     base = tmp_path_factory.mktemp("small-tokenizers")
     return {name: cut_tokenizer(src, base / name) for name, src in SHIPPED.items()}
@@ -40,17 +34,20 @@ def _copy(src: Path, dst: Path) -> Path:
     return unpack(src, dst)  # a plain copy (nothing is gzipped in an unpacked folder)
 
 
-def _assert_same_metadata(folder: Path, vocab_size: int | None = None) -> None:
+def _assert_same_metadata(folder: Path, theirs=None, vocab_sizes=(None,)) -> None:
+    """theirs: AutoTokenizer's tokenizer of `folder` when already loaded."""
     ours, why = open_tokenizer_files(folder)
     assert ours is not None, why
-    theirs = AutoTokenizer.from_pretrained(folder)
-    assert tokenizer_metadata(ours, vocab_size=vocab_size) == tokenizer_metadata(theirs, vocab_size=vocab_size)
+    if theirs is None:
+        theirs = AutoTokenizer.from_pretrained(folder)
+    for size in vocab_sizes:
+        assert tokenizer_metadata(ours, vocab_size=size) == tokenizer_metadata(theirs, vocab_size=size), size
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_shipped_tokenizers_give_autotokenizers_metadata(name, shipped):
-    _assert_same_metadata(shipped[name])
-    _assert_same_metadata(shipped[name], vocab_size=160_000)  # padded with unused tokens
+def test_shipped_tokenizers_give_autotokenizers_metadata(name, shipped_tokenizer):
+    folder, theirs = shipped_tokenizer(name)
+    _assert_same_metadata(folder, theirs, vocab_sizes=(None, 160_000))  # as is, and padded with unused tokens
 
 
 def test_chat_templates_from_every_place_transformers_reads(small, tmp_path):

@@ -13,11 +13,10 @@ import gguf
 from slipstream.backends.gguf.quants import quantize  # noqa: E402
 from slipstream.backends.gguf.tokenizer import tokenizer_metadata  # noqa: E402
 from slipstream.backends.gguf.writer import _convert, _fast_writer_class  # noqa: E402
-from slipstream.demo import load_tokenizer  # noqa: E402
 
 
-def test_bulk_metadata_packing_is_byte_identical(tmp_path):
-    meta = tokenizer_metadata(load_tokenizer())
+def test_bulk_metadata_packing_is_byte_identical(shipped_tokenizer, tmp_path):
+    meta = tokenizer_metadata(shipped_tokenizer("llama3")[1])
     meta.append(("test.floats", [0.5, -1.25] * 300, gguf.GGUFValueType.ARRAY))
     files = []
     for name, cls in (("base", gguf.GGUFWriter), ("bulk", _fast_writer_class())):
