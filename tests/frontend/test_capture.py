@@ -83,3 +83,17 @@ def test_input_source_reads_the_name_as_a_property_or_a_method():
         node = SimpleNamespace(meta={"grapharg": SimpleNamespace(source=source)})
         assert input_source(node) == text
     assert input_source(SimpleNamespace(meta={})) is None
+
+
+def test_tracing_runs_with_the_garbage_collector_paused(monkeypatch):
+    """Capture pauses the cyclic GC while dynamo traces (gc_pause.py) and turns it back on after."""
+    import gc
+
+    from slipstream.frontend import capture
+
+    seen, annotate = [], capture.annotate
+    monkeypatch.setattr(capture, "annotate", lambda *args: (seen.append(gc.isenabled()), annotate(*args))[1])
+    opt = slipstream.optimize(Stack(), pipeline="fuse-rms-norm", warmup=False)
+    opt(torch.randn(2, 5, 16))
+    assert len(seen) == slipstream.report(opt).graphs > 0 and not any(seen)
+    assert gc.isenabled()
