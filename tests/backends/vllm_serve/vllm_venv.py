@@ -63,8 +63,8 @@ def _build() -> None:
     with open(LOG, "w") as log:
         _run([sys.executable, "-m", "venv", str(VENV)], log, "creating the venv")
         pip = [str(_python(VENV)), "-m", "pip", "--disable-pip-version-check"]
-        # --no-compile: byte-compiling the ~22k installed .py files was ~10 of an 18-minute build on this 2-core VM
-        # (2026-11-27); the one serving process compiles only the modules it imports
+        # --no-compile: byte-compiling the ~22k installed .py files was ~10 minutes of a 21-minute build on this
+        # 2-core VM (2026-11-27); the one serving process compiles only the modules it imports
         _run(pip + ["install", "--no-compile", REQUIREMENT], log, f"pip install {REQUIREMENT}")
         _run(pip + ["uninstall", "-y", *UNWANTED], log, "removing the CUDA torchvision/torchaudio/torchcodec")
         _run([str(_python(VENV)), "-c", "import vllm; print('vllm', vllm.__version__)"], log, "import vllm")
