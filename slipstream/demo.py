@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from slipstream.gc_pause import gc_paused
+from slipstream.gc_pause import load_auto_tokenizer
 
 TOKENIZER_DIR = Path(__file__).parent / "data" / "tokenizers" / "llama3"
 
@@ -40,10 +40,7 @@ def tokenizer_path() -> Path:
 
 
 def load_tokenizer():
-    from transformers import AutoTokenizer
-
-    with gc_paused():  # transformers parses the 8 MB tokenizer.json in Python too
-        return AutoTokenizer.from_pretrained(tokenizer_path())
+    return load_auto_tokenizer(tokenizer_path())
 
 
 def demo_model(layers: int = 2, hidden: int = 64, seed: int = 0, dtype: torch.dtype = torch.float32):

@@ -19,3 +19,12 @@ def gc_paused():
     finally:
         if enabled:
             gc.enable()
+
+
+def load_auto_tokenizer(path):
+    """transformers' AutoTokenizer.from_pretrained(path) with the collector paused: it parses tokenizer.json in
+    Python too (~2x faster on Llama 3's)."""
+    from transformers import AutoTokenizer
+
+    with gc_paused():
+        return AutoTokenizer.from_pretrained(path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from slipstream.gc_pause import gc_paused
+from slipstream.gc_pause import load_auto_tokenizer
 from tokenizer_files import unpack
 
 QWEN2_DIR = Path(__file__).resolve().parents[1] / "data" / "tokenizers" / "qwen2"
@@ -17,8 +17,6 @@ QWEN2_DIR = Path(__file__).resolve().parents[1] / "data" / "tokenizers" / "qwen2
 def shipped_tokenizer(tmp_path_factory):
     """shipped_tokenizer(name) -> (folder, AutoTokenizer) for "llama3" (the demo's: slipstream.demo.load_tokenizer)
     or "qwen2" (tests/data), each loaded on first use. Shared by every test of the process: never modify either."""
-    from transformers import AutoTokenizer
-
     from slipstream.demo import load_tokenizer, tokenizer_path
 
     @functools.cache
@@ -26,7 +24,6 @@ def shipped_tokenizer(tmp_path_factory):
         if name == "llama3":
             return tokenizer_path(), load_tokenizer()
         folder = unpack(QWEN2_DIR, tmp_path_factory.mktemp(name))
-        with gc_paused():  # as load_tokenizer does
-            return folder, AutoTokenizer.from_pretrained(folder)
+        return folder, load_auto_tokenizer(folder)
 
     return load

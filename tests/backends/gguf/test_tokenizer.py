@@ -24,7 +24,7 @@ import gguf
 from slipstream.backends.gguf.tokenizer import (
     MetaField, add_to_writer, as_dict, read_sentencepiece_model, tokenizer_metadata)
 from slipstream.backends.gguf.writer import _fast_writer_class
-from slipstream.gc_pause import gc_paused
+from slipstream.gc_pause import load_auto_tokenizer
 
 ROOT = Path(__file__).resolve().parents[3]
 DATA = ROOT / "tests" / "data"
@@ -220,10 +220,8 @@ def test_llama3_without_ignore_merges(shipped_tokenizer, tmp_path, open_vocab):
     llama.cpp then tokenizes every test string as transformers does with this tokenizer, including the one where
     that differs from Meta's tokenizer (and the .out file)."""
     import llama_cpp  # noqa: F401  (the llama.cpp oracle must be installed)
-    from transformers import AutoTokenizer
 
-    with gc_paused():  # as slipstream.demo.load_tokenizer does
-        tok = AutoTokenizer.from_pretrained(shipped_tokenizer("llama3")[0])  # its own copy: this test changes it
+    tok = load_auto_tokenizer(shipped_tokenizer("llama3")[0])  # its own copy: this test changes it
     tok.backend_tokenizer.model.ignore_merges = False  # before anything is encoded (and cached by the BPE)
     assert tok.backend_tokenizer.model.ignore_merges is False
     fields = tokenizer_metadata(tok)
